@@ -1,0 +1,1 @@
+"""cnet: CentripetalNet and its ablations."""

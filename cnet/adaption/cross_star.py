@@ -1,0 +1,88 @@
+"""``adaption=cross_star``: CentripetalNet's cross-star deformable convolution (paper §3.2).
+
+Per corner: a guiding-shift branch (conv3x3 -> ReLU -> conv1x1, supervised by Eqs. 6-7) predicts
+the shift from the corner cell to the box centre; its *detached* output is mapped by a 1x1 conv
+to the 18 offsets of a 3x3 deformable convolution over the corner-pooled feature. Detaching keeps
+the offset field from pulling the guiding shift away from its target.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import deform_conv2d
+
+from cnet.adaption.base import Adaption
+from cnet.heads import kp_layer
+from cnet.losses import masked_smooth_l1
+from cnet.targets import CornerTargets, scatter_at_corners
+from cnet.types import Grid
+
+
+@torch.no_grad()
+def encode_guiding_shift(corners: CornerTargets, grid: Grid) -> dict[str, Tensor]:
+    """Guiding-shift targets [B, 2, H, W] at corner cells, linear, output-map units (Eq. 7).
+
+    tl: (cx - floor(tl_x), cy - floor(tl_y));  br: (floor(br_x) - cx, floor(br_y) - cy).
+    Both point from the integer corner cell to the float centre, so both are positive.
+    """
+    shape = (len(corners.points), 2, grid.out_h, grid.out_w)
+    tl_vals = [p.center - p.tl_int for p in corners.points]
+    br_vals = [p.br_int - p.center for p in corners.points]
+    return {
+        "tl_guiding": scatter_at_corners(tl_vals, [p.tl_int for p in corners.points], shape),
+        "br_guiding": scatter_at_corners(br_vals, [p.br_int for p in corners.points], shape),
+    }
+
+
+class _CornerDeform(nn.Module):
+    """One corner's guiding branch, offset conv and 3x3 deformable conv (no bias, as released)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.guiding = kp_layer(channels, 2)
+        self.offset = nn.Conv2d(2, 18, 1, bias=False)
+        self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
+        nn.init.normal_(self.offset.weight, std=0.1)
+        nn.init.normal_(self.weight, std=0.01)
+
+    def forward(self, pool: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        guiding = self.guiding(pool)  # [B, 2, H, W]
+        offset = self.offset(guiding.detach())  # [B, 18, H, W]: (dy, dx) per sampling point
+        return deform_conv2d(pool, offset, self.weight, padding=1), guiding, offset
+
+
+class CrossStar(Adaption):
+    """Cross-star deformable convolution guided by the corner-to-centre shift.
+
+    Args:
+        in_channels: channels of the corner-pooled feature (kept by the output).
+        guiding_weight: weight alpha of the guiding-shift loss in Eq. 9 (paper: 0.05).
+    """
+
+    def __init__(self, in_channels: int, guiding_weight: float = 0.05) -> None:
+        super().__init__(in_channels)
+        self._guiding_weight = guiding_weight
+        self.tl = _CornerDeform(in_channels)
+        self.br = _CornerDeform(in_channels)
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        return {"guiding": self._guiding_weight}
+
+    def forward(self, tl_pool: Tensor, br_pool: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        tl, tl_guiding, tl_offset = self.tl(tl_pool)
+        br, br_guiding, br_offset = self.br(br_pool)
+        maps = {"tl_guiding": tl_guiding, "br_guiding": br_guiding}
+        if not self.training:  # sampling offsets, for the Fig. 7 picture
+            maps |= {"tl_dcn_offset": tl_offset, "br_dcn_offset": br_offset}
+        return tl, br, maps
+
+    def encode_targets(self, corners: CornerTargets, grid: Grid) -> dict[str, Tensor]:
+        return encode_guiding_shift(corners, grid)
+
+    def loss(
+        self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets
+    ) -> dict[str, Tensor]:
+        tl = masked_smooth_l1(pred["tl_guiding"], targets["tl_guiding"], corners.tl_mask)
+        br = masked_smooth_l1(pred["br_guiding"], targets["br_guiding"], corners.br_mask)
+        return {"guiding": (tl + br) / 2}

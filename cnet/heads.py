@@ -1,0 +1,40 @@
+"""Small building blocks shared by the corner head and its pluggable components."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+def kp_layer(in_channels: int, out_channels: int, feat_channels: int | None = None) -> nn.Sequential:
+    """CornerNet's prediction layer: conv3x3 (with bias) -> ReLU -> conv1x1 (with bias)."""
+    feat = feat_channels or in_channels
+    return nn.Sequential(
+        nn.Conv2d(in_channels, feat, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(feat, out_channels, 1),
+    )
+
+
+def init_heatmap_bias(layer: nn.Sequential, prior_prob: float = 0.1) -> None:
+    """Bias of the last conv so every cell starts at sigmoid = prior_prob (-2.1972 for 0.1)."""
+    last = layer[-1]
+    assert isinstance(last, nn.Conv2d) and last.bias is not None
+    nn.init.constant_(last.bias, -math.log((1 - prior_prob) / prior_prob))
+
+
+@dataclass
+class CornerFeatures:
+    """Features of one head level, handed to the matching strategy.
+
+    backbone:        [B, C, H, W] the hourglass output of this level
+    tl_pool/br_pool: [B, C, H, W] corner-pooled features
+    tl/br:           [B, C, H, W] features after the adaption module (== pool when adaption=none)
+    """
+
+    backbone: Tensor
+    tl_pool: Tensor
+    br_pool: Tensor
+    tl: Tensor
+    br: Tensor

@@ -1,0 +1,149 @@
+"""Assembles one training run from already-instantiated parts (no config objects here)."""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cnet.adaption.base import Adaption
+from cnet.criterion import Criterion
+from cnet.data import CocoData, collate
+from cnet.detector import CornerDetector, FlipTTA
+from cnet.engine import MetricLogger, TrainConfig, fit, resume_state
+from cnet.matching.base import Matching
+from cnet.postprocess import PostProcess
+from cnet.schedule import warmup_multistep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScheduleConfig:
+    """``conf/schedule``: epochs, lr decay milestones (epochs) and warm-up (iterations)."""
+
+    epochs: int
+    milestones: list[int]
+    gamma: float = 0.1
+    warmup_iters: int = 500
+    warmup_ratio: float = 1 / 3
+
+
+@dataclass
+class LoaderConfig:
+    """``conf/trainer``: batching and loop settings."""
+
+    batch_size: int = 16
+    num_workers: int = 0
+    clip_grad: float | None = 35.0
+    eval_every: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TestConfig:
+    """``conf/test``: inference settings (see cnet.postprocess.PostProcess)."""
+
+    __test__ = False  # not a pytest test class
+
+    flip: bool = True
+    corner_topk: int = 100
+    num_dets: int = 1000
+    max_per_image: int = 100
+    nms_sigma: float = 0.5
+    nms_min_score: float = 1e-3
+    kernel: int = 3
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Run:
+    """Datasets, loaders, detector, criterion, post-processor, optimizer and schedule of one job.
+
+    ``resume_run_id`` is the MLflow run of an interrupted earlier attempt in ``out_dir`` (None
+    for a fresh run); ``fit(tracker)`` continues it to the end and evaluates.
+    """
+
+    def __init__(
+        self,
+        data: CocoData,
+        train_transform: Callable,
+        test_transform: Callable,
+        backbone: nn.Module,
+        matching: Callable[..., Matching],
+        adaption: Callable[..., Adaption],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        schedule: ScheduleConfig,
+        trainer: LoaderConfig,
+        test: TestConfig,
+        out_dir: Path,
+        seed: int = 0,
+        device: str = "auto",
+        extra_val: dict[str, CocoData] | None = None,
+    ) -> None:
+        seed_everything(seed)
+        self.out_dir, self.device = out_dir, resolve_device(device)
+        self.schedule, self.trainer = schedule, trainer
+        train_set = data.train_dataset(train_transform)
+        val_sets = {"bbox": data.val_dataset(test_transform)}
+        for name, extra in (extra_val or {}).items():
+            val_sets[name] = extra.val_dataset(test_transform)
+        g = torch.Generator().manual_seed(seed)
+        self.train_loader = DataLoader(
+            train_set, batch_size=trainer.batch_size, shuffle=True, drop_last=True, generator=g,
+            num_workers=trainer.num_workers, collate_fn=collate,
+            persistent_workers=False, pin_memory=self.device.type == "cuda",
+        )
+        if len(self.train_loader) == 0:
+            raise ValueError(
+                f"trainer.batch_size={trainer.batch_size} exceeds the {len(train_set)} training images; lower it"
+            )
+        self.val_loaders = {
+            k: DataLoader(v, batch_size=1, shuffle=False, num_workers=trainer.num_workers, collate_fn=collate)
+            for k, v in val_sets.items()
+        }
+        self.model = CornerDetector(backbone, train_set.num_classes, matching, adaption).to(self.device)
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.criterion = Criterion(train_set.num_classes, self.model.matching, self.model.adaption)
+        self.postprocess = PostProcess(
+            self.model.matching, test.corner_topk, test.num_dets, test.max_per_image,
+            test.nms_sigma, test.nms_min_score, test.kernel,
+        )
+        self.eval_model = FlipTTA(self.model) if test.flip else self.model
+        self.optimizer = optimizer(self.model.parameters())
+        self.scheduler = warmup_multistep(
+            self.optimizer, len(self.train_loader), schedule.milestones, schedule.gamma,
+            schedule.warmup_iters, schedule.warmup_ratio,
+        )
+        self.resume = resume_state(out_dir / "checkpoints" / "last.pt")
+        self.resume_run_id: str | None = self.resume.get("mlflow_run_id") if self.resume else None
+        log.info(
+            "%d train / %s val images, %d classes, %d parameters, device %s%s",
+            len(train_set), {k: len(v) for k, v in val_sets.items()}, train_set.num_classes,
+            self.num_parameters, self.device,
+            f", resuming after epoch {self.resume['epoch']}" if self.resume else "",
+        )
+
+    def fit(self, tracker: MetricLogger | None = None, on_epoch_end: Callable[[int], None] | None = None) -> dict[str, float]:
+        cfg = TrainConfig(self.schedule.epochs, self.trainer.clip_grad, self.trainer.eval_every, self.trainer.progress)
+        return fit(
+            self.model, self.criterion, self.criterion.weight_dict, self.postprocess,
+            self.train_loader, self.val_loaders, self.optimizer, self.scheduler, cfg,
+            self.out_dir, self.device, tracker, self.resume, self.eval_model, on_epoch_end,
+        )

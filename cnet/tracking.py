@@ -1,0 +1,261 @@
+"""MLflow tracking through :class:`mlflow.tracking.MlflowClient`.
+
+The client API is used instead of the fluent ``mlflow.start_run`` so no global "active run"
+exists: several jobs in one process (a Hydra multirun with the basic launcher) never collide.
+The default store is a SQLite file at the project root; its artifacts go to ``mlartifacts/``
+next to the database rather than under Hydra's per-job working directory.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.tracking import MlflowClient
+
+MAX_PARAM_VALUE_LENGTH = 6000  # MLflow's limit on a param value (characters)
+_BATCH_PARAMS = 100  # MLflow's per-request limits of log_batch
+_BATCH_METRICS = 1000
+_TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+_LOCK_RETRIES = 5
+_LOCK_SLEEP_S = 0.5
+
+T = TypeVar("T")
+
+
+def resolve_tracking_uri(configured: str | None, project_root: Path) -> str:
+    """Pick the tracking URI: env ``MLFLOW_TRACKING_URI`` > ``configured`` > project SQLite file.
+
+    The fallback is ``sqlite:///<absolute project_root>/mlflow.db`` so Hydra's change of the
+    working directory does not create a second database per job.
+    """
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env_uri:
+        return env_uri
+    if configured and configured.strip():
+        return configured.strip()
+    return f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
+
+
+def flatten_params(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config into MLflow params with dotted keys.
+
+    ``{"model": {"backbone": {"num_stacks": 2}}, "lr": [1, 2]}`` becomes
+    ``{"model.backbone.num_stacks": "2", "lr.0": "1", "lr.1": "2"}``. Values are ``str()``'d and
+    cut to MLflow's 6000-character limit; empty dicts/lists are kept as ``"{}"``/``"[]"``.
+    """
+    flat: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, name))
+        elif isinstance(value, (list, tuple)) and value:
+            flat.update(flatten_params({str(i): v for i, v in enumerate(value)}, name))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_VALUE_LENGTH]
+    return flat
+
+
+def _retry_locked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call ``fn``, retrying a few times while SQLite reports "database is locked".
+
+    MLflow already sets a 20 s SQLite busy timeout per session; this covers contention that
+    outlasts it (several processes of a multirun creating the schema or writing at once).
+    """
+    for attempt in range(_LOCK_RETRIES - 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if "database is locked" not in str(exc):
+                raise
+            time.sleep(_LOCK_SLEEP_S * (attempt + 1))
+    return fn(*args, **kwargs)
+
+
+def _sqlite_artifact_location(tracking_uri: str) -> str | None:
+    """``file://`` URI of ``mlartifacts/`` next to a SQLite database; ``None`` for other stores."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db_path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
+    if not db_path or db_path == ":memory:":
+        return None
+    # A relative sqlite path is relative to the cwd, exactly as SQLAlchemy opens it.
+    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
+
+
+class Tracker:
+    """One MLflow run, new or resumed, logged through an explicit client.
+
+    Args:
+        tracking_uri: MLflow tracking URI (see :func:`resolve_tracking_uri`).
+        experiment: experiment name; created if missing (SQLite stores get their artifacts in
+            ``<db folder>/mlartifacts``).
+        run_id: resume this run (its status goes back to RUNNING) instead of creating one.
+        run_name: display name of a new run (renames a resumed run if given).
+        tags: tags set on the run, new or resumed.
+
+    Use as a context manager to end the run FINISHED, FAILED on an exception, or KILLED on
+    Ctrl-C; the exception propagates.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._tracking_uri = tracking_uri
+        self._experiment_id = self._get_or_create_experiment(experiment)
+        self._finished = False
+        if run_id is None:
+            run = _retry_locked(
+                self._client.create_run,
+                self._experiment_id,
+                tags={str(k): str(v) for k, v in (tags or {}).items()},
+                run_name=run_name,
+            )
+            self._run_id: str = run.info.run_id
+        else:
+            self._run_id = self._resume(run_id, experiment, run_name)
+            if tags:
+                self.set_tags(tags)
+
+    def _get_or_create_experiment(self, name: str) -> str:
+        exp = _retry_locked(self._client.get_experiment_by_name, name)
+        if exp is None:
+            try:
+                return _retry_locked(
+                    self._client.create_experiment,
+                    name,
+                    artifact_location=_sqlite_artifact_location(self._tracking_uri),
+                )
+            except MlflowException as exc:
+                # Another process created it between our get and create: use theirs.
+                if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                exp = _retry_locked(self._client.get_experiment_by_name, name)
+                if exp is None:
+                    raise
+        if exp.lifecycle_stage == "deleted":
+            raise RuntimeError(
+                f"MLflow experiment {name!r} is deleted in {self._tracking_uri}; restore it "
+                "(mlflow experiments restore) or choose another experiment name"
+            )
+        return exp.experiment_id
+
+    def _resume(self, run_id: str, experiment: str, run_name: str | None) -> str:
+        fresh_hint = (
+            "to start fresh, delete the checkpoint (or the run's output folder) that stores this run id"
+        )
+        try:
+            run = _retry_locked(self._client.get_run, run_id)
+        except MlflowException as exc:
+            raise RuntimeError(
+                f"cannot resume MLflow run {run_id}: not found in {self._tracking_uri}; {fresh_hint}"
+            ) from exc
+        if run.info.lifecycle_stage == "deleted":
+            raise RuntimeError(f"cannot resume MLflow run {run_id}: it is deleted; {fresh_hint}")
+        if run.info.experiment_id != self._experiment_id:
+            raise RuntimeError(
+                f"cannot resume MLflow run {run_id}: it belongs to experiment id "
+                f"{run.info.experiment_id}, not {experiment!r}; {fresh_hint}"
+            )
+        _retry_locked(self._client.update_run, run_id, status="RUNNING", name=run_name)
+        return run_id
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run id (store it in the checkpoint to resume)."""
+        return self._run_id
+
+    @property
+    def experiment_id(self) -> str:
+        """The MLflow experiment id."""
+        return self._experiment_id
+
+    def log_params(self, params: dict[str, str]) -> None:
+        """Log params (values ``str()``'d and truncated to 6000 chars).
+
+        MLflow params are write-once: keys already on the run with the same value are skipped,
+        a different value raises ``ValueError`` naming the key (a resumed run must keep its
+        config).
+        """
+        values = {str(k): str(v)[:MAX_PARAM_VALUE_LENGTH] for k, v in params.items()}
+        existing = _retry_locked(self._client.get_run, self._run_id).data.params
+        changed = sorted(k for k, v in values.items() if k in existing and existing[k] != v)
+        if changed:
+            key = changed[0]
+            raise ValueError(
+                f"MLflow run {self._run_id} already has param {key}={existing[key]!r}, cannot change "
+                f"it to {values[key]!r} ({len(changed)} changed: {changed[:5]}); resume with the "
+                "original config, or delete the checkpoint to start a fresh run"
+            )
+        new = [Param(k, v) for k, v in values.items() if k not in existing]
+        for i in range(0, len(new), _BATCH_PARAMS):
+            _retry_locked(self._client.log_batch, self._run_id, params=new[i : i + _BATCH_PARAMS])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set (or overwrite) run tags; values are ``str()``'d."""
+        run_tags = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        for i in range(0, len(run_tags), _BATCH_PARAMS):
+            _retry_locked(self._client.log_batch, self._run_id, tags=run_tags[i : i + _BATCH_PARAMS])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log scalar metrics at ``step`` in one batch; NaN/inf values are skipped with a warning.
+
+        Values may be Python/numpy numbers or 0-d tensors (anything ``float()`` accepts).
+        """
+        timestamp_ms = int(time.time() * 1000)
+        batch: list[Metric] = []
+        for key, value in metrics.items():
+            value = float(value)
+            if not math.isfinite(value):
+                warnings.warn(f"metric {key!r} is {value} at step {step}; not logged to MLflow", stacklevel=2)
+                continue
+            batch.append(Metric(str(key), value, timestamp_ms, int(step)))
+        for i in range(0, len(batch), _BATCH_METRICS):
+            _retry_locked(self._client.log_batch, self._run_id, metrics=batch[i : i + _BATCH_METRICS])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy one local file into the run's artifacts (under ``artifact_path`` if given)."""
+        _retry_locked(self._client.log_artifact, self._run_id, str(path), artifact_path)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a local folder's contents into the run's artifacts (under ``artifact_path``)."""
+        _retry_locked(self._client.log_artifacts, self._run_id, str(local_dir), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run with ``status`` (FINISHED, FAILED or KILLED); later calls do nothing."""
+        if status not in _TERMINAL_STATUSES:
+            raise ValueError(f"Tracker.finish: status must be one of {_TERMINAL_STATUSES}, got {status!r}")
+        if self._finished:
+            return
+        _retry_locked(self._client.set_terminated, self._run_id, status=status)
+        self._finished = True
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.finish("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("KILLED")
+        else:
+            self.finish("FAILED")

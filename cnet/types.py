@@ -1,0 +1,131 @@
+"""Data passed between the dataset, the detector, the criterion and the post-processor.
+
+Coordinates are ``(x, y)`` in pixels of the *network input* (after augmentation and
+padding) unless a field says otherwise. Boxes are ``xyxy`` floats.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class GroundTruth:
+    """Training/eval targets of one image, in network-input pixels.
+
+    boxes:  [N, 4] float32, xyxy
+    labels: [N] int64, contiguous class index in [0, num_classes)
+    masks:  [N, H, W] bool instance masks (optional, used by mask heads)
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    masks: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> GroundTruth:
+        return GroundTruth(
+            self.boxes.to(device),
+            self.labels.to(device),
+            None if self.masks is None else self.masks.to(device),
+        )
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @staticmethod
+    def empty() -> GroundTruth:
+        return GroundTruth(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """Where an image sits inside its network input, to map detections back.
+
+    image_id:   the COCO image id
+    orig_size:  (height, width) of the image as stored on disk
+    input_size: (height, width) of the padded network input
+    border:     (top, left): pixel offset of the image's origin inside the input
+    scale:      input pixels per original pixel (1.0 at test time: resolution is kept)
+    """
+
+    image_id: int
+    orig_size: tuple[int, int]
+    input_size: tuple[int, int]
+    border: tuple[float, float] = (0.0, 0.0)
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Geometry shared by target encoding and decoding.
+
+    The output map is ``out_h x out_w``; one output cell spans ``in_w / out_w`` input pixels
+    (511 / 128 = 3.9921875 for HG-104, not exactly the stride 4).
+    """
+
+    in_h: int
+    in_w: int
+    out_h: int
+    out_w: int
+
+    @property
+    def ratio_x(self) -> float:
+        return self.in_w / self.out_w
+
+    @property
+    def ratio_y(self) -> float:
+        return self.in_h / self.out_h
+
+
+@dataclass
+class Corners:
+    """Top-K corners of one kind (tl or br) for a batch, produced by the post-processor.
+
+    scores:  [B, K] heatmap score after sigmoid
+    classes: [B, K] int64 class index
+    inds:    [B, K] int64 flat index ``y * W + x`` into the output map
+    xs, ys:  [B, K] refined position (integer cell + predicted offset), in *output-map* units
+    """
+
+    scores: Tensor
+    classes: Tensor
+    inds: Tensor
+    xs: Tensor
+    ys: Tensor
+
+
+@dataclass
+class Detections:
+    """Final detections of one image, in original-image pixels.
+
+    boxes:  [D, 4] xyxy; scores: [D]; labels: [D] contiguous class index
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Outputs:
+    """What the detector returns: dense maps per hourglass stack.
+
+    levels:     one dict per stack (the last is the final prediction; eval mode returns only it).
+                Always ``tl_heat``/``br_heat`` [B, C, H, W] logits and ``tl_off``/``br_off``
+                [B, 2, H, W]; plus the maps of the active adaption and matching components.
+    input_size: (height, width) of the network input the maps were computed from.
+    flipped:    True when the second half of the batch is the horizontally flipped first half
+                (flip test-time augmentation); the post-processor merges the two halves.
+    """
+
+    levels: list[dict[str, Tensor]]
+    input_size: tuple[int, int]
+    flipped: bool = False
+
+    @property
+    def grid(self) -> Grid:
+        out_h, out_w = self.levels[-1]["tl_heat"].shape[-2:]
+        return Grid(self.input_size[0], self.input_size[1], int(out_h), int(out_w))

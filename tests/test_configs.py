@@ -1,0 +1,66 @@
+"""Every option of every config group composes, and its components instantiate and fit together."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from cnet.backbone import HourglassNet
+from cnet.detector import CornerDetector
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["backbone", "matching", "adaption", "data", "optim", "schedule", "trainer", "test"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=False)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes(group, option):
+    overrides = [f"{group}={option}"]
+    if option == "coco":
+        overrides.append("data.source.root=/data/coco")
+    cfg = compose_cfg(overrides)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("matching", options("matching"))
+@pytest.mark.parametrize("adaption", options("adaption"))
+def test_matching_and_adaption_instantiate_into_a_detector(matching, adaption):
+    cfg = compose_cfg([f"matching={matching}", f"adaption={adaption}"])
+    backbone = HourglassNet(num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1), stem_channels=8, feat_channels=16)
+    model = CornerDetector(backbone, 3, instantiate(cfg.matching), instantiate(cfg.adaption))
+    out = model(torch.randn(1, 3, 31, 31))
+    assert out.levels[-1]["tl_heat"].shape == (1, 3, 8, 8)
+
+
+@pytest.mark.parametrize("backbone", ["tiny"])
+def test_backbone_instantiates_and_runs(backbone):
+    cfg = compose_cfg([f"backbone={backbone}"])
+    net = instantiate(cfg.backbone)
+    feats = net(torch.randn(1, 3, 127, 127))
+    assert len(feats) == net.num_stacks and feats[-1].shape[-2:] == (32, 32)
+
+
+def test_transforms_and_optim_instantiate():
+    cfg = compose_cfg(["data=coco", "data.source.root=/data/coco"])
+    assert instantiate(cfg.data.train_transform).crop_size == 511
+    opt = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 5e-4
+
+
+def test_unknown_option_is_rejected_with_the_key_named():
+    with pytest.raises(ConfigCompositionException, match="matching"):
+        compose_cfg(["matching=does_not_exist"])

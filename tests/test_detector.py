@@ -1,0 +1,82 @@
+"""The composed detector: forward in train/eval mode, criterion terms, empty-GT properties."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from cnet.adaption.cross_star import CrossStar
+from cnet.adaption.none import NoAdaption
+from cnet.backbone import HourglassNet
+from cnet.criterion import Criterion
+from cnet.detector import CornerDetector, FlipTTA
+from cnet.matching.centripetal import Centripetal
+from cnet.postprocess import PostProcess
+from cnet.types import GroundTruth, ImageMeta
+
+
+def tiny_detector(adaption=CrossStar, num_stacks: int = 2) -> CornerDetector:
+    torch.manual_seed(0)
+    backbone = HourglassNet(num_stacks=num_stacks, stage_channels=(16, 16, 24), stage_blocks=(1, 1, 1),
+                            stem_channels=8, feat_channels=16)
+    return CornerDetector(backbone, 3, functools.partial(Centripetal), functools.partial(adaption))
+
+
+GT = [GroundTruth(torch.tensor([[4.0, 8.0, 40.0, 50.0], [30.0, 20.0, 60.0, 60.0]]), torch.tensor([0, 2])),
+      GroundTruth.empty()]
+
+
+def test_train_forward_has_one_level_per_stack_and_all_terms():
+    model = tiny_detector()
+    images = torch.randn(2, 3, 63, 63)
+    out = model(images)
+    assert len(out.levels) == 2 and out.input_size == (63, 63)
+    lvl = out.levels[-1]
+    assert lvl["tl_heat"].shape == (2, 3, 16, 16) and lvl["tl_cs"].shape == (2, 2, 16, 16)
+    assert lvl["tl_guiding"].shape == (2, 2, 16, 16)
+    criterion = Criterion(3, model.matching, model.adaption)
+    losses = criterion(out, GT)
+    assert set(losses) == {"det", "off", "guiding", "centripetal"}
+    assert criterion.weight_dict["guiding"] == 0.05
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    criterion.total(losses).backward()
+    # intermediate supervision: every parameter of both stacks' heads gets a gradient
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("adaption", [NoAdaption, CrossStar])
+def test_empty_ground_truth_losses(adaption):
+    model = tiny_detector(adaption, num_stacks=1)
+    criterion = Criterion(3, model.matching, model.adaption)
+    losses = criterion(model(torch.randn(1, 3, 31, 31)), [GroundTruth.empty()])
+    assert losses["det"] > 0
+    for k in losses.keys() - {"det"}:
+        assert losses[k].item() == 0.0, k
+
+
+def test_eval_forward_uses_last_level_and_flip_tta_decodes():
+    model = tiny_detector().eval()
+    images = torch.randn(1, 3, 63, 63)
+    with torch.no_grad():
+        out = model(images)
+        assert len(out.levels) == 1
+        tta = FlipTTA(model)(images)
+    assert tta.flipped and tta.levels[0]["tl_heat"].shape[0] == 2
+    meta = ImageMeta(7, (60, 50), (63, 63), border=(1.0, 6.0))
+    dets = PostProcess(model.matching)(tta, [meta])
+    assert len(dets) == 1
+    d = dets[0]
+    assert d.boxes.shape[1] == 4 and len(d.boxes) <= 100
+    if len(d.boxes):
+        assert (d.boxes[:, 0] >= 0).all() and (d.boxes[:, 2] <= 50).all() and (d.boxes[:, 3] <= 60).all()
+
+
+def test_input_is_not_mutated():
+    model = tiny_detector().eval()
+    images = torch.randn(1, 3, 31, 31)
+    copy = images.clone()
+    with torch.no_grad():
+        model(images)
+    assert torch.equal(images, copy)

@@ -1,0 +1,66 @@
+"""Train and evaluate one configuration: `python train.py [overrides]`, sweeps with `-m`.
+
+Hydra stops here: everything below receives plain, typed arguments.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from hydra.utils import instantiate
+
+from cnet.run import LoaderConfig, Run, ScheduleConfig, TestConfig, seed_everything
+from cnet.tracking import Tracker, flatten_params, resolve_tracking_uri
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("cnet")
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    seed_everything(cfg.seed)  # before any module is built: weights init from the seed
+    run = Run(
+        data=instantiate(cfg.data.source),
+        train_transform=instantiate(cfg.data.train_transform),
+        test_transform=instantiate(cfg.data.test_transform),
+        backbone=instantiate(cfg.backbone),
+        matching=instantiate(cfg.matching),
+        adaption=instantiate(cfg.adaption),
+        optimizer=instantiate(cfg.optim),
+        schedule=ScheduleConfig(**OmegaConf.to_container(cfg.schedule)),
+        trainer=LoaderConfig(**OmegaConf.to_container(cfg.trainer)),
+        test=TestConfig(**OmegaConf.to_container(cfg.test)),
+        out_dir=out_dir,
+        seed=cfg.seed,
+        device=cfg.device,
+    )
+    choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v}
+    tags = choices | {
+        "sweep_id": str(cfg.tracking.sweep_id),
+        "output_dir": str(out_dir),
+        "overrides": " ".join(hc.overrides.task) or "(defaults)",
+        "schedule_epochs": str(cfg.schedule.epochs),
+    }
+    uri = resolve_tracking_uri(cfg.tracking.uri, PROJECT_ROOT)
+    run_name = "-".join(f"{choices[k]}" for k in ("matching", "adaption", "backbone", "data") if k in choices)
+    with Tracker(uri, cfg.tracking.experiment, run_id=run.resume_run_id, run_name=run_name, tags=tags) as tracker:
+        tracker.log_params(flatten_params(OmegaConf.to_container(cfg, resolve=True)))
+        tracker.log_params({"model.num_parameters": str(run.num_parameters)})
+        metrics = run.fit(tracker)
+        tracker.log_artifacts(str(out_dir / ".hydra"), "hydra")
+        for results in sorted(out_dir.glob("results_*.json")):
+            tracker.log_artifact(str(results), "results")
+    log.info("MLflow run %s in %s", tracker.run_id, uri)
+    return float(metrics.get("bbox_AP", 0.0))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    main()
