@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from hydra.utils import instantiate
 
+from cnet.errors import USER_ERRORS
 from cnet.run import LoaderConfig, Run, ScheduleConfig, TestConfig, seed_everything
 from cnet.tracking import Tracker, flatten_params, resolve_tracking_uri
 
@@ -23,6 +26,16 @@ log = logging.getLogger("cnet")
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)
+    except USER_ERRORS as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # full traceback on request; in a sweep Hydra records the failed job
+        log.error("%s: %s", type(err).__name__, err)
+        sys.exit(1)
+
+
+def train(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     seed_everything(cfg.seed)  # before any module is built: weights init from the seed
@@ -40,6 +53,7 @@ def main(cfg: DictConfig) -> float:
         out_dir=out_dir,
         seed=cfg.seed,
         device=cfg.device,
+        extra_val={name: instantiate(source) for name, source in cfg.data.extra_val.items()},
     )
     choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v}
     tags = choices | {
@@ -62,5 +76,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     main()

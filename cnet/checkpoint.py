@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnet.errors import ResumeError
+
 _RNG_KEYS = ("python", "numpy", "torch")
 
 
@@ -69,12 +71,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on bad files
-        raise RuntimeError(
+        raise ResumeError(
             f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
             "delete it or point the checkpoint path elsewhere to start fresh"
         ) from exc
     if not isinstance(state, dict):
-        raise RuntimeError(
+        raise ResumeError(
             f"checkpoint {path} holds a {type(state).__name__}, not a dict; "
             "delete it or point the checkpoint path elsewhere to start fresh"
         )

@@ -30,6 +30,9 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a loss becomes NaN or Inf; the last good checkpoint is left untouched."""
 
 
+Oracle = Callable[[Outputs, list[GroundTruth]], Outputs]
+
+
 class MetricLogger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
@@ -102,12 +105,20 @@ def predict(
     loader: DataLoader,
     device: torch.device,
     progress: bool = False,
+    oracle: Oracle | None = None,
 ) -> tuple[list[int], list[Detections]]:
-    """Detections (original-image pixels) for every image of ``loader``, with their image ids."""
+    """Detections (original-image pixels) for every image of ``loader``, with their image ids.
+
+    ``oracle(outputs, targets)`` may replace parts of the outputs with ground truth first
+    (matching-only evaluation, cnet/oracle.py).
+    """
     model.eval()
     ids, dets = [], []
-    for images, _, metas in tqdm(loader, desc="eval", disable=not progress, leave=False, file=sys.stderr):
-        out = postprocess(model(images.to(device)), metas)
+    for images, targets, metas in tqdm(loader, desc="eval", disable=not progress, leave=False, file=sys.stderr):
+        outputs = model(images.to(device))
+        if oracle is not None:
+            outputs = oracle(outputs, targets)
+        out = postprocess(outputs, metas)
         ids += [m.image_id for m in metas]
         dets += [Detections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu()) for d in out]
     return ids, dets
@@ -120,11 +131,12 @@ def evaluate(
     device: torch.device,
     results_path: Path | None = None,
     progress: bool = False,
+    oracle: Oracle | None = None,
 ) -> dict[str, float]:
     """COCO box metrics of ``model`` on ``loader``'s dataset (which must expose ``coco`` and
     ``label_to_cat_id``); the detections are written to ``results_path`` as a COCO results file.
     """
-    ids, dets = predict(model, postprocess, loader, device, progress)
+    ids, dets = predict(model, postprocess, loader, device, progress, oracle)
     dataset = loader.dataset
     results = detections_to_coco(ids, dets, dataset.label_to_cat_id)
     if results_path is not None:
@@ -165,10 +177,13 @@ def fit(
     resume: dict | None = None,
     eval_model: nn.Module | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    oracle: Oracle | None = None,
 ) -> dict[str, float]:
     """Train for ``cfg.epochs`` epochs (continuing from ``resume``), checkpointing each epoch,
     then evaluate on every val loader. Metrics are prefixed by the loader's name
-    (``bbox_AP`` for "bbox", ``crowd_bbox_AP`` for "crowd_bbox"...). Returns the final metrics.
+    (``bbox_AP`` for "bbox", ``crowd_bbox_AP`` for "crowd_bbox"...); with an ``oracle`` each loader
+    is evaluated a second time through it, prefixed ``oracle_`` (``oracle_bbox_AP``).
+    Returns the final metrics.
     """
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     run_id = getattr(tracker, "run_id", None)
@@ -184,10 +199,13 @@ def fit(
 
     def run_eval(epoch: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        for name, loader in val_loaders.items():
-            figures = evaluate(eval_model, postprocess, loader, device, out_dir / f"results_{name}.json")
-            metrics |= {f"{name}_{k}": v for k, v in figures.items()}
-            print(f"[{name}] epoch {epoch}\n{format_table(figures)}", flush=True)
+        variants = {"": None} | ({"oracle_": oracle} if oracle is not None else {})
+        for prefix, orc in variants.items():
+            for name, loader in val_loaders.items():
+                tag = f"{prefix}{name}"
+                figures = evaluate(eval_model, postprocess, loader, device, out_dir / f"results_{tag}.json", oracle=orc)
+                metrics |= {f"{tag}_{k}": v for k, v in figures.items()}
+                print(f"[{tag}] epoch {epoch}\n{format_table(figures)}", flush=True)
         if tracker is not None:
             tracker.log_metrics(metrics, step=epoch)
         return metrics

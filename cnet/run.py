@@ -18,6 +18,7 @@ from cnet.data import CocoData, collate
 from cnet.detector import CornerDetector, FlipTTA
 from cnet.engine import MetricLogger, TrainConfig, fit, resume_state
 from cnet.matching.base import Matching
+from cnet.oracle import CornerOracle
 from cnet.postprocess import PostProcess
 from cnet.schedule import warmup_multistep
 
@@ -53,6 +54,7 @@ class TestConfig:
     __test__ = False  # not a pytest test class
 
     flip: bool = True
+    matching_only: bool = True
     corner_topk: int = 100
     num_dets: int = 1000
     max_per_image: int = 100
@@ -102,8 +104,8 @@ class Run:
         self.schedule, self.trainer = schedule, trainer
         train_set = data.train_dataset(train_transform)
         val_sets = {"bbox": data.val_dataset(test_transform)}
-        for name, extra in (extra_val or {}).items():
-            val_sets[name] = extra.val_dataset(test_transform)
+        for name, extra in (extra_val or {}).items():  # e.g. "crowd": the look-alike-crowd split
+            val_sets[f"{name}_bbox"] = extra.val_dataset(test_transform)
         g = torch.Generator().manual_seed(seed)
         self.train_loader = DataLoader(
             train_set, batch_size=trainer.batch_size, shuffle=True, drop_last=True, generator=g,
@@ -126,6 +128,7 @@ class Run:
             test.nms_sigma, test.nms_min_score, test.kernel,
         )
         self.eval_model = FlipTTA(self.model) if test.flip else self.model
+        self.oracle = CornerOracle(train_set.num_classes) if test.matching_only else None
         self.optimizer = optimizer(self.model.parameters())
         self.scheduler = warmup_multistep(
             self.optimizer, len(self.train_loader), schedule.milestones, schedule.gamma,
@@ -145,5 +148,5 @@ class Run:
         return fit(
             self.model, self.criterion, self.criterion.weight_dict, self.postprocess,
             self.train_loader, self.val_loaders, self.optimizer, self.scheduler, cfg,
-            self.out_dir, self.device, tracker, self.resume, self.eval_model, on_epoch_end,
+            self.out_dir, self.device, tracker, self.resume, self.eval_model, on_epoch_end, self.oracle,
         )

@@ -21,6 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from cnet.errors import ResumeError
+
 MAX_PARAM_VALUE_LENGTH = 6000  # MLflow's limit on a param value (characters)
 _BATCH_PARAMS = 100  # MLflow's per-request limits of log_batch
 _BATCH_METRICS = 1000
@@ -148,7 +150,7 @@ class Tracker:
                 if exp is None:
                     raise
         if exp.lifecycle_stage == "deleted":
-            raise RuntimeError(
+            raise ResumeError(
                 f"MLflow experiment {name!r} is deleted in {self._tracking_uri}; restore it "
                 "(mlflow experiments restore) or choose another experiment name"
             )
@@ -161,13 +163,13 @@ class Tracker:
         try:
             run = _retry_locked(self._client.get_run, run_id)
         except MlflowException as exc:
-            raise RuntimeError(
+            raise ResumeError(
                 f"cannot resume MLflow run {run_id}: not found in {self._tracking_uri}; {fresh_hint}"
             ) from exc
         if run.info.lifecycle_stage == "deleted":
-            raise RuntimeError(f"cannot resume MLflow run {run_id}: it is deleted; {fresh_hint}")
+            raise ResumeError(f"cannot resume MLflow run {run_id}: it is deleted; {fresh_hint}")
         if run.info.experiment_id != self._experiment_id:
-            raise RuntimeError(
+            raise ResumeError(
                 f"cannot resume MLflow run {run_id}: it belongs to experiment id "
                 f"{run.info.experiment_id}, not {experiment!r}; {fresh_hint}"
             )

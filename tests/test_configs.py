@@ -64,3 +64,11 @@ def test_transforms_and_optim_instantiate():
 def test_unknown_option_is_rejected_with_the_key_named():
     with pytest.raises(ConfigCompositionException, match="matching"):
         compose_cfg(["matching=does_not_exist"])
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment):
+    cfg = compose_cfg([f"+experiment={experiment}", "data.source.root=/data/coco"])
+    OmegaConf.resolve(cfg)
+    instantiate(cfg.matching)
+    instantiate(cfg.adaption)

@@ -1,0 +1,95 @@
+"""`python train.py` for real: a two-job sweep tracked in MLflow, and bad input handled cleanly."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from cnet.data.synthetic import generate_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(num_train=16, num_val=4, num_val_crowd=2, image_size=60)
+FAST = [f"data.source.{k}={v}" for k, v in SMALL.items()] + [
+    "data.train_transform.crop_size=63", "data.test_transform.pad_or=63", "schedule.epochs=1",
+    "schedule.warmup_iters=2", "trainer.batch_size=4", "trainer.progress=false", "test.corner_topk=20",
+]
+
+
+def run_train(args: list[str], tmp: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CNET_CACHE_DIR=str(tmp / "cache"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def runs(tmp: Path):
+    if not (tmp / "mlflow.db").exists():
+        return []
+    mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+    return mlflow.search_runs(search_all_experiments=True).to_dict("records")
+
+
+@pytest.mark.slow
+def test_sweep_runs_two_jobs_tracked_with_tags_and_metrics(tmp_path):
+    res = run_train(["-m", "adaption=none,cross_star", *FAST, f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    records = runs(tmp_path)
+    assert sorted(r["tags.adaption"] for r in records) == ["cross_star", "none"]
+    for r in records:
+        assert r["status"] == "FINISHED"
+        assert r["tags.matching"] == "centripetal" and r["tags.backbone"] == "tiny" and r["tags.data"] == "synthetic"
+        assert r["tags.sweep_id"] == records[0]["tags.sweep_id"]
+        for k in ("bbox_AP", "bbox_AP50", "bbox_AR100", "train_det", "train_centripetal", "train_total"):
+            assert r[f"metrics.{k}"] == r[f"metrics.{k}"], k  # present (not NaN)
+        assert r["params.matching.mu_small"] == "0.4166666666666667"
+    guided = [r for r in records if r["tags.adaption"] == "cross_star"][0]
+    assert guided["metrics.train_guiding"] > 0
+    client = mlflow.tracking.MlflowClient()
+    arts = [a.path for a in client.list_artifacts(guided["run_id"], "hydra")]
+    assert "hydra/config.yaml" in arts
+    assert [a.path for a in client.list_artifacts(guided["run_id"], "results")] == ["results/results_bbox.json"]
+
+
+@pytest.mark.slow
+def test_missing_dataset_root_is_one_line_and_leaves_nothing(tmp_path):
+    res = run_train(["data=coco", "data.source.root=/no/such/coco", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1
+    assert "data.source.root=/no/such/coco does not exist" in out
+    assert "Traceback" not in out
+    assert runs(tmp_path) == [] and not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_missing_annotation_file_names_the_file(tmp_path):
+    (tmp_path / "coco" / "train2017").mkdir(parents=True)
+    res = run_train(["data=coco", f"data.source.root={tmp_path}/coco", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and "instances_train2017.json" in out and "Traceback" not in out
+    assert runs(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_unreadable_image_fails_the_run_without_a_checkpoint(tmp_path):
+    root = generate_synthetic(tmp_path / "cache", seed=0, **SMALL)
+    for img in (root / "images").glob("*.png"):
+        img.write_bytes(b"not a png")  # every image is corrupt: the first batch hits one
+    res = run_train([*FAST, f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and "cannot read image" in out and ".png" in out
+    records = runs(tmp_path)
+    assert len(records) == 1 and records[0]["status"] == "FAILED"
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_unknown_config_option_names_the_key(tmp_path):
+    res = run_train(["matching=not_a_strategy"], tmp_path, timeout=120)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "matching" in out and "not_a_strategy" in out
+    assert "centripetal" in out  # Hydra lists the available options
+    assert runs(tmp_path) == []
