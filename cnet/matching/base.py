@@ -28,10 +28,14 @@ class Matching(nn.Module, ABC):
     """Base class of corner-matching strategies; one instance per head level.
 
     ``accepts_adapted_features`` says whether the strategy predicts from the adapted corner
-    feature, i.e. whether a feature-adaption module in front of it makes sense.
+    feature, i.e. whether a feature-adaption module in front of it makes sense; ``dense_terms``
+    names its heatmap-like loss terms.
     """
 
     accepts_adapted_features: bool = True
+    # loss terms supervising every cell (heatmaps): positive even without objects, unlike the
+    # regression/embedding terms, which are exactly 0 then
+    dense_terms: tuple[str, ...] = ()
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()

@@ -79,8 +79,11 @@ def central_region_rule(
     return inside, dist, region_area
 
 
-class Centripetal(Matching):
-    """Centripetal shift matching (paper §3.1).
+class CentralRegionMatching(Matching):
+    """Pairs corners whose decoded centres both fall in the box's central region (Eqs. 3-5).
+
+    Subclasses say how a corner decodes its centre (``decode_centers``); the pairing rule, its
+    paper/mmdet/authors variants and the score are shared here.
 
     Args:
         in_channels: channels of the (adapted) corner feature.
@@ -92,7 +95,7 @@ class Centripetal(Matching):
         geometric_mean: pair score = sqrt(s_tl * s_br) (paper) or (s_tl + s_br) / 2 (code).
         center_weight: multiply the score by Eq. 5's exp(-|dx||dy| / area(R_central)) (paper).
         max_center_ratio: reject pairs with |dx||dy| / area(R_central) above this (mmdet: 0.5).
-        loss_weight: weight of the centripetal loss (Eq. 9: 1).
+        loss_weight: weight of the strategy's regression loss (Eq. 9: 1).
     """
 
     def __init__(
@@ -114,6 +117,39 @@ class Centripetal(Matching):
         self.geometric_mean, self.center_weight = geometric_mean, center_weight
         self.max_center_ratio = max_center_ratio
         self._loss_weight = loss_weight
+
+    def decode_centers(
+        self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid
+    ) -> tuple[Tensor, Tensor]:
+        """Centres [B, K, 2] (output-map units) implied by each top-left and bottom-right corner."""
+        raise NotImplementedError
+
+    def pair(
+        self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        tl_ct, br_ct = self.decode_centers(pred, tl, br, grid)
+        inside, dist, region_area = central_region_rule(
+            tl, br, tl_ct, br_ct, grid, self.mu_large, self.mu_small, self.area_threshold
+        )
+        # Eq. 5: the closer the two centres, relative to the central region, the higher the score
+        ratio = dist / region_area.clamp(min=1e-6)
+        scores = self.mean_score(tl, br, geometric=self.geometric_mean)
+        if self.center_weight:
+            scores = scores * torch.exp(-ratio)
+        valid = self.geometric_validity(tl, br) & inside
+        if self.max_center_ratio is not None:
+            valid &= ratio <= self.max_center_ratio
+        return torch.where(valid, scores, torch.full_like(scores, -1.0)), {}
+
+
+class Centripetal(CentralRegionMatching):
+    """Centripetal shift matching (paper §3.1): log shifts from each corner to its centre.
+
+    Arguments as ``CentralRegionMatching``; ``loss_weight`` weighs the centripetal loss.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, **rule: float | bool | None) -> None:
+        super().__init__(in_channels, num_classes, **rule)
         self.tl_cs = kp_layer(in_channels, 2)
         self.br_cs = kp_layer(in_channels, 2)
 
@@ -139,22 +175,9 @@ class Centripetal(Matching):
     ) -> dict[str, Tensor]:
         return {"tl_cs": targets["tl_cs"], "br_cs": targets["br_cs"]}
 
-    def pair(
+    def decode_centers(
         self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> tuple[Tensor, Tensor]:
         tl_cs = gather_at(pred["tl_cs"], tl.inds)  # [B, K, 2]
         br_cs = gather_at(pred["br_cs"], br.inds)
-        tl_ct, br_ct = decode_centers(tl, br, tl_cs, br_cs)
-        inside, dist, region_area = central_region_rule(
-            tl, br, tl_ct, br_ct, grid, self.mu_large, self.mu_small, self.area_threshold
-        )
-        ratio = dist / region_area.clamp(min=1e-6)
-        scores = self.mean_score(tl, br, geometric=self.geometric_mean)
-        if self.center_weight:
-            scores = scores * torch.exp(-ratio)
-        valid = self.geometric_validity(tl, br) & inside
-        if self.max_center_ratio is not None:
-            valid &= ratio <= self.max_center_ratio
-        return torch.where(valid, scores, torch.full_like(scores, -1.0)), {}
-
-
+        return decode_centers(tl, br, tl_cs, br_cs)
