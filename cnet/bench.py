@@ -1,0 +1,175 @@
+"""Benchmarks: `python -m cnet.bench` (what `make bench` runs); results go to reports/bench.{json,md}.
+
+* decode: post-processing time per image of every matching strategy at COCO scale (80 classes,
+  128 x 128 maps, top-100 corners per side, 1000 pairs, soft-NMS, 100 detections), batch 1 and 8.
+* adaption: forward + backward time of every feature-adaption module at COCO scale (256 channels,
+  128 x 128, batch 6), its own loss included.
+
+Each figure is the median of ``--repeats`` timed runs after one warm-up, measured in one process;
+the report also gives each option's ratio to the reference option (centripetal / none). Runs on
+CUDA as well (``--device cuda``), synchronising around every timed call.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from cnet.heads import CornerFeatures
+from cnet.postprocess import PostProcess
+from cnet.targets import encode_corners
+from cnet.types import GroundTruth, Grid, ImageMeta, Outputs
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def component(group: str, name: str, **kwargs):
+    return instantiate(OmegaConf.load(CONF / group / f"{name}.yaml"))(**kwargs)
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up, in seconds."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def random_outputs(name: str, batch: int, size: int, num_classes: int, device: torch.device) -> tuple[Outputs, object]:
+    """Dense maps of strategy ``name`` for a [batch, 3, 4*size-1, ...] input; logits ~ N(-3, 2)."""
+    g = torch.Generator().manual_seed(0)
+    matching = component("matching", name, in_channels=8, num_classes=num_classes).to(device).eval()
+    feats = CornerFeatures(*[torch.randn(batch, 8, size, size, generator=g).to(device) for _ in range(5)])
+    with torch.no_grad():
+        level = matching(feats)
+    level |= {
+        "tl_heat": (torch.randn(batch, num_classes, size, size, generator=g) * 2 - 3).to(device),
+        "br_heat": (torch.randn(batch, num_classes, size, size, generator=g) * 2 - 3).to(device),
+        "tl_off": torch.rand(batch, 2, size, size, generator=g).to(device),
+        "br_off": torch.rand(batch, 2, size, size, generator=g).to(device),
+    }
+    return Outputs([level], (4 * size - 1, 4 * size - 1)), matching
+
+
+def bench_decode(batches: list[int], size: int, num_classes: int, repeats: int, device: torch.device) -> list[dict]:
+    rows = []
+    for name in options("matching"):
+        for b in batches:
+            outputs, matching = random_outputs(name, b, size, num_classes, device)
+            metas = [ImageMeta(0, outputs.input_size, outputs.input_size)] * b
+            pp = PostProcess(matching, corner_topk=100, num_dets=1000, max_per_image=100)
+            sec = timed(lambda: pp(outputs, metas), repeats, device)
+            rows.append({"matching": name, "batch": b, "ms_per_image": 1000 * sec / b})
+            print(f"decode  {name:<22} batch {b}: {1000 * sec / b:8.1f} ms/image", flush=True)
+    return rows
+
+
+def bench_adaption(batch: int, channels: int, size: int, repeats: int, device: torch.device) -> list[dict]:
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    grid = Grid(4 * size - 1, 4 * size - 1, size, size)
+    # a few boxes per image so the modules with their own loss (guiding shift, box size) train
+    gts = [GroundTruth(torch.tensor([[40.0, 60.0, 300.0, 260.0], [200.0, 100.0, 480.0, 500.0]]), torch.tensor([0, 1]))
+           for _ in range(batch)]
+    corners = encode_corners([t.to(device) for t in gts], grid, num_classes=2)
+    tl = torch.randn(batch, channels, size, size, generator=g).to(device).requires_grad_()
+    br = torch.randn(batch, channels, size, size, generator=g).to(device).requires_grad_()
+    for name in options("adaption"):
+        module = component("adaption", name, in_channels=channels).to(device).train()
+        targets = module.encode_targets(corners, grid)
+
+        def step() -> None:
+            tl_out, br_out, maps = module(tl, br)
+            losses = module.loss(maps, targets, corners)
+            total = tl_out.mean() + br_out.mean() + sum(module.loss_weights[k] * v for k, v in losses.items())
+            total.backward()
+
+        sec = timed(step, repeats, device)
+        rows.append({"adaption": name, "batch": batch, "ms_fwd_bwd": 1000 * sec})
+        print(f"adaption {name:<12} batch {batch}: {1000 * sec:10.1f} ms fwd+bwd", flush=True)
+    return rows
+
+
+def with_ratios(rows: list[dict], key: str, value: str, reference: str, group_by: str | None = None) -> list[dict]:
+    """Add ``ratio``: each value divided by the reference option's (same ``group_by`` value)."""
+    ref = {r.get(group_by): r[value] for r in rows if r[key] == reference}
+    return [r | {"ratio": r[value] / ref[r.get(group_by)]} if r.get(group_by) in ref else r for r in rows]
+
+
+def to_markdown(result: dict) -> str:
+    env, st = result["environment"], result["setting"]
+    lines = [f"# cnet benchmarks ({env['device']}, torch {env['torch']}, {env['threads']} threads)", ""]
+    lines += [f"Medians of {result['repeats']} runs after a warm-up, one process; `python -m cnet.bench`.", ""]
+    if result.get("decode"):
+        lines += [f"## Decode time per image ({st['num_classes']} classes, {st['map_size']}x{st['map_size']} maps, "
+                  "top-100 corners, 1000 pairs, soft-NMS)", "",
+                  "| matching | batch | ms / image | vs centripetal |", "|---|---|---|---|"]
+        lines += [f"| {r['matching']} | {r['batch']} | {r['ms_per_image']:.1f} | {r.get('ratio', float('nan')):.2f}x |"
+                  for r in result["decode"]]
+        lines.append("")
+    if result.get("adaption"):
+        lines += [f"## Adaption forward + backward ({st['channels']} channels, {st['map_size']}x{st['map_size']})", "",
+                  "| adaption | batch | ms fwd+bwd | vs none |", "|---|---|---|---|"]
+        lines += [f"| {r['adaption']} | {r['batch']} | {r['ms_fwd_bwd']:.1f} | {r.get('ratio', float('nan')):.1f}x |"
+                  for r in result["adaption"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", choices=["decode", "adaption"], default=None)
+    parser.add_argument("--size", type=int, default=128, help="output-map side (COCO 511 input: 128)")
+    parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument("--adaption-batch", type=int, default=6)
+    parser.add_argument("--adaption-repeats", type=int, default=None,
+                        help="repeats for the adaption bench (default --repeats; deformable backward is slow on CPU)")
+    parser.add_argument("--out", type=Path, default=REPORTS / "bench")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    result: dict = {
+        "environment": {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+        },
+        "repeats": args.repeats,
+        "setting": {"map_size": args.size, "num_classes": 80, "channels": args.channels,
+                    "adaption_batch": args.adaption_batch},
+    }
+    if args.only in (None, "decode"):
+        rows = bench_decode([1, 8], args.size, 80, args.repeats, device)
+        result["decode"] = with_ratios(rows, "matching", "ms_per_image", "centripetal", "batch")
+    if args.only in (None, "adaption"):
+        rows = bench_adaption(args.adaption_batch, args.channels, args.size, args.adaption_repeats or args.repeats, device)
+        result["adaption"] = with_ratios(rows, "adaption", "ms_fwd_bwd", "none")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "" if device.type == "cpu" else f"_{device.type}"
+    json_path = args.out.with_name(args.out.name + suffix + ".json")
+    md_path = args.out.with_name(args.out.name + suffix + ".md")
+    json_path.write_text(json.dumps(result, indent=2))
+    md_path.write_text(to_markdown(result))
+    print(f"wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()
