@@ -39,8 +39,19 @@ def right_pool(x: Tensor) -> Tensor:
     return x.cummax(3).values
 
 
+def row_max_pool(x: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, C, H, W]; out[..., i, j] = max over all columns of row i (centre pooling)."""
+    return left_pool(right_pool(x))
+
+
+def column_max_pool(x: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, C, H, W]; out[..., i, j] = max over all rows of column j (centre pooling)."""
+    return top_pool(bottom_pool(x))
+
+
 POOLS: dict[str, Callable[[Tensor], Tensor]] = {
     "top": top_pool, "bottom": bottom_pool, "left": left_pool, "right": right_pool,
+    "row": row_max_pool, "column": column_max_pool,
 }
 
 
@@ -56,8 +67,9 @@ class CornerPool(nn.Module):
     Args:
         in_channels: channels of the input and of the output.
         pool_channels: channels of the two pooled branches (128 in CornerNet/CentripetalNet).
-        directions: the two pools, ("top", "left") for the top-left corner and
-            ("bottom", "right") for the bottom-right corner.
+        directions: the two pools, ("top", "left") for the top-left corner,
+            ("bottom", "right") for the bottom-right corner, ("row", "column") for CenterNet's
+            centre pooling (``cnet.center_pool.CenterPool``).
     """
 
     def __init__(self, in_channels: int, pool_channels: int, directions: tuple[str, str]) -> None:

@@ -11,9 +11,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
-from cnet.adaption.base import Adaption
+from cnet.adaption.guided import GuidedDeformation
 from cnet.heads import kp_layer
-from cnet.losses import masked_smooth_l1
 from cnet.targets import CornerTargets, scatter_at_corners
 from cnet.types import Grid
 
@@ -51,7 +50,7 @@ class _CornerDeform(nn.Module):
         return deform_conv2d(pool, offset, self.weight, padding=1), guiding, offset
 
 
-class CrossStar(Adaption):
+class CrossStar(GuidedDeformation):
     """Cross-star deformable convolution guided by the corner-to-centre shift.
 
     Args:
@@ -60,29 +59,7 @@ class CrossStar(Adaption):
     """
 
     def __init__(self, in_channels: int, guiding_weight: float = 0.05) -> None:
-        super().__init__(in_channels)
-        self._guiding_weight = guiding_weight
-        self.tl = _CornerDeform(in_channels)
-        self.br = _CornerDeform(in_channels)
-
-    @property
-    def loss_weights(self) -> dict[str, float]:
-        return {"guiding": self._guiding_weight}
-
-    def forward(self, tl_pool: Tensor, br_pool: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        tl, tl_guiding, tl_offset = self.tl(tl_pool)
-        br, br_guiding, br_offset = self.br(br_pool)
-        maps = {"tl_guiding": tl_guiding, "br_guiding": br_guiding}
-        if not self.training:  # sampling offsets, for the Fig. 7 picture
-            maps |= {"tl_dcn_offset": tl_offset, "br_dcn_offset": br_offset}
-        return tl, br, maps
+        super().__init__(in_channels, "guiding", guiding_weight, _CornerDeform(in_channels), _CornerDeform(in_channels))
 
     def encode_targets(self, corners: CornerTargets, grid: Grid) -> dict[str, Tensor]:
         return encode_guiding_shift(corners, grid)
-
-    def loss(
-        self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
-        tl = masked_smooth_l1(pred["tl_guiding"], targets["tl_guiding"], corners.tl_mask)
-        br = masked_smooth_l1(pred["br_guiding"], targets["br_guiding"], corners.br_mask)
-        return {"guiding": (tl + br) / 2}

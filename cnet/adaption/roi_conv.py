@@ -16,10 +16,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
-from cnet.adaption.base import Adaption
+from cnet.adaption.guided import GuidedDeformation
 from cnet.adaption.sampling import KERNEL, kernel_taps, xy_to_offsets
 from cnet.heads import kp_layer
-from cnet.losses import masked_smooth_l1
 from cnet.targets import CornerTargets, scatter_at_corners
 from cnet.types import Grid
 
@@ -77,7 +76,7 @@ class _CornerRoI(nn.Module):
         return deform_conv2d(pool, offset, self.weight, padding=1), log_size, offset
 
 
-class RoIConv(Adaption):
+class RoIConv(GuidedDeformation):
     """RoI convolution over the box implied by each corner and its regressed size.
 
     Args:
@@ -86,29 +85,7 @@ class RoIConv(Adaption):
     """
 
     def __init__(self, in_channels: int, size_weight: float = 0.05) -> None:
-        super().__init__(in_channels)
-        self._size_weight = size_weight
-        self.tl = _CornerRoI(in_channels, "tl")
-        self.br = _CornerRoI(in_channels, "br")
-
-    @property
-    def loss_weights(self) -> dict[str, float]:
-        return {"box_size": self._size_weight}
-
-    def forward(self, tl_pool: Tensor, br_pool: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        tl, tl_size, tl_offset = self.tl(tl_pool)
-        br, br_size, br_offset = self.br(br_pool)
-        maps = {"tl_box_size": tl_size, "br_box_size": br_size}
-        if not self.training:  # sampling offsets, for the Fig. 7 picture
-            maps |= {"tl_dcn_offset": tl_offset, "br_dcn_offset": br_offset}
-        return tl, br, maps
+        super().__init__(in_channels, "box_size", size_weight, _CornerRoI(in_channels, "tl"), _CornerRoI(in_channels, "br"))
 
     def encode_targets(self, corners: CornerTargets, grid: Grid) -> dict[str, Tensor]:
         return encode_box_size(corners, grid)
-
-    def loss(
-        self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
-        tl = masked_smooth_l1(pred["tl_box_size"], targets["tl_box_size"], corners.tl_mask)
-        br = masked_smooth_l1(pred["br_box_size"], targets["br_box_size"], corners.br_mask)
-        return {"box_size": (tl + br) / 2}

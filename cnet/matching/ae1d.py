@@ -10,15 +10,6 @@ from cnet.matching.embedding import AssociativeEmbedding
 
 
 class AE1D(AssociativeEmbedding):
-    """Associative embedding, D = 1 (CornerNet). Arguments as ``AssociativeEmbedding`` less ``dim``."""
+    """Associative embedding, D = 1 (CornerNet). Arguments as ``AssociativeEmbedding``."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        pull_weight: float = 0.1,
-        push_weight: float = 0.1,
-        margin: float = 1.0,
-        threshold: float = 0.5,
-    ) -> None:
-        super().__init__(in_channels, num_classes, 1, pull_weight, push_weight, margin, threshold)
+    dim = 1

@@ -120,6 +120,7 @@ class CenterHeatmap(AssociativeEmbedding):
         n_small, n_large: central-region scale n (region = middle 1/n of each side): 3 and 5.
     """
 
+    dim = 1
     dense_terms = ("center_det",)
 
     def __init__(
@@ -139,7 +140,7 @@ class CenterHeatmap(AssociativeEmbedding):
         n_small: float = 3.0,
         n_large: float = 5.0,
     ) -> None:
-        super().__init__(in_channels, num_classes, 1, pull_weight, push_weight, margin, threshold)
+        super().__init__(in_channels, num_classes, pull_weight, push_weight, margin, threshold)
         if n_small < 1 or n_large < 1:
             raise ValueError(f"matching.n_small/n_large must be >= 1, got {n_small}, {n_large}")
         if center_topk < 1:

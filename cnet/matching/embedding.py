@@ -124,31 +124,32 @@ def perfect_embeddings(
 class AssociativeEmbedding(Matching):
     """Associative-embedding matching with D-dim embeddings (CornerNet).
 
+    Subclasses fix the embedding dimension D with the class attribute ``dim``.
+
     Args:
         in_channels: channels of the (adapted) corner feature.
         num_classes: number of object classes (unused by the layers, kept for the interface).
-        dim: embedding dimension D.
         pull_weight, push_weight: loss weights (mmdet CornerNet config and CornerNet: 0.1 each).
         margin: push margin between object means (1).
         threshold: largest L2 embedding distance of an accepted pair (CornerNet: 0.5).
     """
 
+    dim: int  # embedding dimension D, set by each option
+
     def __init__(
         self,
         in_channels: int,
         num_classes: int,
-        dim: int,
         pull_weight: float = 0.1,
         push_weight: float = 0.1,
         margin: float = 1.0,
         threshold: float = 0.5,
     ) -> None:
         super().__init__(in_channels, num_classes)
-        if dim < 1:
-            raise ValueError(f"matching.dim must be >= 1, got {dim}")
+        dim = self.dim
         if threshold <= 0 or margin <= 0:
             raise ValueError(f"matching.threshold and matching.margin must be > 0, got {threshold}, {margin}")
-        self.dim, self.margin, self.threshold = dim, margin, threshold
+        self.margin, self.threshold = margin, threshold
         self._pull_weight, self._push_weight = pull_weight, push_weight
         self.tl_emb = kp_layer(in_channels, dim)
         self.br_emb = kp_layer(in_channels, dim)

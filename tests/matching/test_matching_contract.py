@@ -114,7 +114,7 @@ def test_losses_on_empty_one_and_two_objects(name):
     corners = encode_corners([two], grid, 3)
     losses = matching.loss(pred, matching.encode_targets(corners, grid), corners)
     assert all(torch.isfinite(v) for v in losses.values())
-    assert sum(float(v) for v in losses.values()) > 0
+    assert sum(v.item() for v in losses.values()) > 0
     total = sum(losses.values())
     total.backward()
     grads = [p.grad for p in matching.parameters()]
