@@ -17,6 +17,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) train.py
+	$(PY) -m cnet.report table4 --experiment cnet --out-dir outputs/report
 
 test: $(STAMP)
 	$(PY) -m pytest -q

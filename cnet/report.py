@@ -1,0 +1,399 @@
+"""Rebuild the paper's Tables 4-6 from MLflow runs, beside the paper's numbers.
+
+``python -m cnet.report table4|table5|table6 [--tracking-uri URI] [--format md|csv|tex]
+[--experiment NAME] [--sweep-id ID] [--out-dir reports]``
+
+The rows, their configurations and the paper's numbers are data: ``experiments/<table>.yaml``.
+Runs come from ``mlflow.search_runs`` (every experiment unless ``--experiment``) as one pandas
+DataFrame; each table cell is then chosen by this rule (see :func:`select_cell`):
+
+1. candidates: runs whose tags equal the row's ``config`` (``matching``, ``adaption``,
+   ``mask_head`` -- absent on a run means ``"none"``); a row with ``epochs`` (Table 6) also needs
+   ``params.schedule.epochs`` equal to it;
+2. per seed (``params.seed``), runs are ordered by ``start_time``; the value comes from the
+   latest FINISHED run of that seed;
+3. several seeds: mean ± sample std (ddof=1) over seeds, with n;
+4. the cell's state is never hidden: ``not run`` (no candidate), ``running e/E`` (the latest run
+   of a seed is RUNNING; e = last epoch of its ``train_total`` history, E = its schedule),
+   ``failed`` (runs exist, none FINISHED), ``partial e/E`` (a used FINISHED run trained fewer
+   epochs than its ``params.schedule.epochs``), ``ok``.
+
+Our numbers are ``metrics.bbox_*`` x 100 (percent, like the paper). COCO reports -1 for an
+area range without objects: such a figure is shown as ``n/a``, never as a number.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+# mlflow (3 s to import) is imported only where runs are read: an empty store never pays for it.
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+METRICS = ("AP", "AP50", "AP75", "APS", "APM", "APL")  # the paper's columns, metrics.bbox_<name>
+TAG_DEFAULTS = {"mask_head": "none"}  # a run without this tag was trained without that part
+TERMINAL_FAILED = ("FAILED", "KILLED")
+NOT_RUN, FAILED, RUNNING, PARTIAL, OK = "not run", "failed", "running", "partial", "ok"
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One row of a paper table: the tags that identify its runs and the paper's numbers (%)."""
+
+    name: str
+    config: dict[str, str]
+    paper: dict[str, float]
+    epochs: int | None = None  # Table 6: params.schedule.epochs a run must have
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A paper table as read from ``experiments/<key>.yaml``."""
+
+    key: str
+    title: str
+    experiment: str
+    setting: dict[str, Any]
+    rows: tuple[RowSpec, ...]
+    extra_metrics: tuple[str, ...] = ()  # ours-only columns, logged as metrics.<name>
+
+    def paper_epochs(self, row: RowSpec) -> int:
+        """The schedule length (epochs) the paper used for ``row``."""
+        return int(row.epochs if row.epochs is not None else self.setting["epochs"])
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Provenance of one MLflow run."""
+
+    run_id: str
+    seed: str
+    status: str
+    data: str
+    backbone: str
+    schedule: str
+    epochs: int | None  # params.schedule.epochs
+    trained: int | None  # last step (1-based epoch) of the train_total history
+
+
+@dataclass
+class Cell:
+    """Our side of one table row: state, mean/std per metric (percent) and the runs behind it."""
+
+    state: str
+    n: int = 0
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)
+    used: list[RunRef] = field(default_factory=list)
+    running: list[RunRef] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    absent: set[str] = field(default_factory=set)  # metrics no used run logged at all
+
+    @property
+    def label(self) -> str:
+        """State as printed: ``ok``, ``ok, n=3``, ``partial 2/5``, ``running 3/110``, ``failed``..."""
+        if self.state == RUNNING:
+            return "running " + ", ".join(progress(r) for r in self.running)
+        if self.state == PARTIAL:
+            return "partial " + ", ".join(progress(r) for r in self.used if is_partial(r))
+        if self.state == OK and self.n > 1:
+            return f"ok, n={self.n}"
+        return self.state
+
+
+@dataclass
+class Table:
+    """A built table: the spec, one cell per row, and the title (flagged if not the paper's setting)."""
+
+    spec: TableSpec
+    cells: list[Cell]
+    title: str
+
+    @property
+    def extra_metrics(self) -> tuple[str, ...]:
+        """The spec's ours-only metrics that at least one used run logged."""
+        return tuple(x for x in self.spec.extra_metrics
+                     if any(c.n and x not in c.absent for c in self.cells))
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Every metric with an 'ours' column: the paper's six, then the ours-only extras present."""
+        return METRICS + self.extra_metrics
+
+
+# ---------------------------------------------------------------- table specs
+
+
+def available_tables(experiments_dir: Path = EXPERIMENTS_DIR) -> list[str]:
+    """Names of the table files in ``experiments_dir`` (``table4``, ...)."""
+    return sorted(p.stem for p in Path(experiments_dir).glob("table*.yaml"))
+
+
+def load_spec(table: str, experiments_dir: Path = EXPERIMENTS_DIR) -> TableSpec:
+    """Read and check ``<experiments_dir>/<table>.yaml``; errors name the file and the key."""
+    path = Path(experiments_dir) / f"{table}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no table spec {path} (available: {available_tables(experiments_dir)})")
+    raw = yaml.safe_load(path.read_text()) or {}
+    missing = [k for k in ("title", "experiment", "setting", "rows") if k not in raw]
+    missing += [] if missing or "epochs" in raw["setting"] else ["setting.epochs"]
+    if missing:
+        raise KeyError(f"{path}: missing key {missing[0]!r}")
+    rows = []
+    for i, row in enumerate(raw["rows"]):
+        where = f"{path}: rows[{i}]"
+        for key in ("name", "config", "paper"):
+            if key not in row:
+                raise KeyError(f"{where}: missing key {key!r}")
+        paper = row["paper"]
+        if sorted(paper) != sorted(METRICS):
+            raise ValueError(f"{where}.paper must have exactly {list(METRICS)}, got {list(paper)}")
+        config = {str(k): str(v) for k, v in row["config"].items() if k != "epochs"}
+        epochs = row["config"].get("epochs")
+        rows.append(RowSpec(
+            name=str(row["name"]), config=config, paper={m: float(paper[m]) for m in METRICS},
+            epochs=None if epochs is None else int(epochs), note=str(row.get("note", "")),
+        ))
+    return TableSpec(key=table, title=" ".join(str(raw["title"]).split()), experiment=str(raw["experiment"]),
+                     setting=dict(raw["setting"]), rows=tuple(rows),
+                     extra_metrics=tuple(str(m) for m in raw.get("extra_metrics", ())))
+
+
+# ---------------------------------------------------------------- runs from MLflow
+
+
+def missing_sqlite_store(uri: str) -> bool:
+    """True for a ``sqlite:///`` URI whose database file does not exist (not created by us)."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return bool(path) and path != ":memory:" and not Path(path).exists()
+
+
+def fetch_runs(tracking_uri: str, experiment: str | None = None, sweep_id: str | None = None) -> pd.DataFrame:
+    """All active runs as ``mlflow.search_runs`` returns them (``tags.*``, ``params.*``, ``metrics.*``).
+
+    Every experiment unless ``experiment`` (a name) is given; ``sweep_id`` keeps the runs with that
+    ``tags.sweep_id``. A missing SQLite file or experiment gives an empty frame.
+    """
+    if missing_sqlite_store(tracking_uri):
+        return pd.DataFrame(columns=["run_id", "status", "start_time"])
+    if sweep_id and "'" in sweep_id:
+        raise ValueError(f"--sweep-id must not contain a quote, got {sweep_id!r}")
+    import mlflow
+
+    where = {"search_all_experiments": True} if experiment is None else {"experiment_names": [experiment]}
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI; restored below
+    try:
+        return mlflow.search_runs(filter_string=f"tags.sweep_id = '{sweep_id}'" if sweep_id else "", **where)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def history_last_epoch(tracking_uri: str) -> Callable[[str], int | None]:
+    """``run_id -> last step of its train_total history`` (None if never logged), cached."""
+    clients: list[Any] = []  # made on first use: opening a SQLite store creates it
+    cache: dict[str, int | None] = {}
+
+    def last_epoch(run_id: str) -> int | None:
+        if run_id not in cache:
+            if not clients:
+                from mlflow.tracking import MlflowClient
+
+                clients.append(MlflowClient(tracking_uri))
+            steps = [m.step for m in clients[0].get_metric_history(run_id, "train_total")]
+            cache[run_id] = max(steps) if steps else None
+        return cache[run_id]
+
+    return last_epoch
+
+
+# ---------------------------------------------------------------- cell selection
+
+
+def _column(runs: pd.DataFrame, name: str, default: str | None = None) -> pd.Series:
+    if name in runs.columns:
+        col = runs[name].astype(object)
+        return col.where(col.notna(), default)
+    return pd.Series([default] * len(runs), index=runs.index, dtype=object)
+
+
+def _to_int(value: Any) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def match_row(runs: pd.DataFrame, row: RowSpec) -> pd.DataFrame:
+    """The runs whose tags equal ``row.config`` (and, for a row with epochs, whose schedule has them)."""
+    keep = pd.Series(True, index=runs.index)
+    for key, value in row.config.items():
+        keep &= _column(runs, f"tags.{key}", TAG_DEFAULTS.get(key)) == value
+    if row.epochs is not None:
+        epochs = _column(runs, "params.schedule.epochs").combine_first(_column(runs, "tags.schedule_epochs"))
+        keep &= epochs.map(_to_int) == row.epochs
+    return runs[keep]
+
+
+def _run_ref(run: pd.Series, last_epoch: Callable[[str], int | None]) -> RunRef:
+    def get(name: str, default: str = "?") -> str:
+        value = run.get(name)
+        return default if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+    epochs = _to_int(run.get("params.schedule.epochs"))
+    epochs = _to_int(run.get("tags.schedule_epochs")) if epochs is None else epochs
+    return RunRef(run_id=str(run["run_id"]), seed=get("params.seed"), status=str(run["status"]),
+                  data=get("tags.data"), backbone=get("tags.backbone"), schedule=get("tags.schedule"),
+                  epochs=epochs, trained=last_epoch(str(run["run_id"])))
+
+
+def is_partial(ref: RunRef) -> bool:
+    """True if the run trained fewer epochs than its schedule (or either is unknown)."""
+    return ref.epochs is None or ref.trained is None or ref.trained < ref.epochs
+
+
+def progress(ref: RunRef) -> str:
+    """``trained/epochs`` of a run (``?`` where unknown)."""
+    return f"{'?' if ref.trained is None else ref.trained}/{'?' if ref.epochs is None else ref.epochs}"
+
+
+def _percent(value: Any) -> float:
+    """A logged COCO figure in [0, 1] as percent; -1 (no objects in that range) and missing -> NaN."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value * 100.0 if math.isfinite(value) and value >= 0 else math.nan
+
+
+def select_cell(runs: pd.DataFrame, columns: dict[str, str],
+                last_epoch: Callable[[str], int | None]) -> Cell:
+    """Apply the documented rule (module docstring) to the candidate ``runs`` of one row.
+
+    Args:
+        runs: candidate runs (columns ``run_id``, ``status``, ``start_time``, ``params.seed``,
+            the metric columns, provenance tags); any order.
+        columns: display name -> DataFrame column (``{"AP": "metrics.bbox_AP", ...}``).
+        last_epoch: ``run_id -> last train_total step`` (called only for the runs shown).
+    """
+    if runs.empty:
+        return Cell(NOT_RUN)
+    runs = runs.assign(_seed=_column(runs, "params.seed", "?").astype(str)).sort_values("start_time", kind="stable")
+    used: list[pd.Series] = []
+    running: list[RunRef] = []
+    notes: list[str] = []
+    for seed, group in runs.groupby("_seed", sort=True):
+        latest = group.iloc[-1]
+        finished = group[group["status"] == "FINISHED"]
+        if len(finished):
+            used.append(finished.iloc[-1])
+        if latest["status"] not in ("FINISHED", *TERMINAL_FAILED):  # RUNNING (or SCHEDULED)
+            running.append(_run_ref(latest, last_epoch))
+        elif latest["status"] in TERMINAL_FAILED:
+            earlier = "; value from an earlier FINISHED run" if len(finished) else ""
+            notes.append(f"seed {seed}: latest run {latest['run_id'][:8]} is {latest['status']}{earlier}")
+    refs = [_run_ref(run, last_epoch) for run in used]
+    cell = Cell(OK, n=len(used), used=refs, running=running, notes=notes)
+    for name, column in columns.items():
+        logged = [run.get(column) for run in used]
+        if used and all(v is None or (isinstance(v, float) and math.isnan(v)) for v in logged):
+            cell.absent.add(name)
+        values = np.array([_percent(v) for v in logged], dtype=float)
+        values = values[np.isfinite(values)]
+        cell.mean[name] = float(values.mean()) if len(values) else math.nan
+        cell.std[name] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+    if running:
+        cell.state = RUNNING
+    elif not used:
+        cell.state = FAILED
+    elif any(is_partial(r) for r in refs):
+        cell.state = PARTIAL
+    return cell
+
+
+# ---------------------------------------------------------------- tables
+
+
+def flagged_title(spec: TableSpec, cells: list[Cell]) -> str:
+    """The table title; says so when a used run is off the paper's data, backbone or schedule."""
+    data, backbones, epochs = set(), set(), set()
+    for row, cell in zip(spec.rows, cells):
+        for ref in cell.used:
+            if ref.data != spec.setting["data"]:
+                data.add(ref.data)
+            if ref.backbone != spec.setting["backbone"]:
+                backbones.add(ref.backbone)
+            if ref.epochs != spec.paper_epochs(row):
+                epochs.add("?" if ref.epochs is None else str(ref.epochs))
+    parts = []
+    if data:
+        parts.append(f"on {'/'.join(sorted(d.upper() for d in data))} data")
+    if backbones:
+        parts.append(f"{'/'.join(sorted(backbones))} backbone")
+    if epochs:
+        parts.append(f"{'/'.join(sorted(epochs, key=lambda e: (len(e), e)))}-epoch schedule")
+    if not parts:
+        return spec.title
+    verdict = f"not a {str(spec.setting['data']).upper()} reproduction" if data else "not the paper's setting"
+    return f"{spec.title} — ours {'' if data else 'with '}{', '.join(parts)}: {verdict}"
+
+
+def build_table(spec: TableSpec, runs: pd.DataFrame, last_epoch: Callable[[str], int | None]) -> Table:
+    """One cell per row of ``spec`` from ``runs`` (a ``mlflow.search_runs`` frame)."""
+    # display name -> MLflow column: the paper's six are metrics.bbox_*, the extras as named
+    columns = {m: f"metrics.bbox_{m}" for m in METRICS} | {x: f"metrics.{x}" for x in spec.extra_metrics}
+    cells = [select_cell(match_row(runs, row), columns, last_epoch) for row in spec.rows]
+    return Table(spec=spec, cells=cells, title=flagged_title(spec, cells))
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def default_tracking_uri() -> str:
+    """As ``train.py``: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project>/mlflow.db``."""
+    from cnet.tracking import resolve_tracking_uri  # imports mlflow
+
+    return resolve_tracking_uri(None, PROJECT_ROOT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cnet import report_render as render
+
+    tables = available_tables()
+    parser = argparse.ArgumentParser(prog="python -m cnet.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", choices=tables, help="which paper table (experiments/<table>.yaml)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db)")
+    parser.add_argument("--format", choices=("md", "csv", "tex"), default="md", help="what to print")
+    parser.add_argument("--experiment", default=None, help="only this MLflow experiment (default: all)")
+    parser.add_argument("--sweep-id", default=None, help="only runs with this tags.sweep_id")
+    parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="where <table>.{md,csv,tex,png} go")
+    args = parser.parse_args(argv)
+
+    spec = load_spec(args.table)
+    uri = args.tracking_uri or default_tracking_uri()
+    if missing_sqlite_store(uri):
+        print(f"note: no MLflow store at {uri}: every cell is 'not run'", file=sys.stderr)
+    runs = fetch_runs(uri, args.experiment, args.sweep_id)
+    table = build_table(spec, runs, history_last_epoch(uri))
+    texts = render.write_all(table, args.out_dir)
+    print(texts[args.format], end="")
+    print(f"wrote {', '.join(str(args.out_dir / f'{spec.key}.{ext}') for ext in ('md', 'csv', 'tex', 'png'))}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
