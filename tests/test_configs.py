@@ -30,7 +30,7 @@ def compose_cfg(overrides: list[str]):
 def test_every_option_composes(group, option):
     overrides = [f"{group}={option}"]
     if option == "coco":
-        overrides.append("data.source.root=/data/coco")
+        overrides.append("data.root=/data/coco")
     cfg = compose_cfg(overrides)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert cfg[group] is not None
@@ -55,7 +55,7 @@ def test_backbone_instantiates_and_runs(backbone):
 
 
 def test_transforms_and_optim_instantiate():
-    cfg = compose_cfg(["data=coco", "data.source.root=/data/coco"])
+    cfg = compose_cfg(["data=coco", "data.root=/data/coco"])
     assert instantiate(cfg.data.train_transform).crop_size == 511
     opt = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 5e-4
@@ -68,7 +68,7 @@ def test_unknown_option_is_rejected_with_the_key_named():
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(experiment):
-    cfg = compose_cfg([f"+experiment={experiment}", "data.source.root=/data/coco"])
+    cfg = compose_cfg([f"+experiment={experiment}", "data.root=/data/coco"])
     OmegaConf.resolve(cfg)
     instantiate(cfg.matching)
     instantiate(cfg.adaption)

@@ -56,10 +56,10 @@ def test_sweep_runs_two_jobs_tracked_with_tags_and_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_missing_dataset_root_is_one_line_and_leaves_nothing(tmp_path):
-    res = run_train(["data=coco", "data.source.root=/no/such/coco", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    res = run_train(["data=coco", "data.root=/no/such/coco", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     out = res.stdout + res.stderr
     assert res.returncode == 1
-    assert "data.source.root=/no/such/coco does not exist" in out
+    assert "data.root=/no/such/coco does not exist" in out
     assert "Traceback" not in out
     assert runs(tmp_path) == [] and not (tmp_path / "run" / "checkpoints").exists()
 
@@ -67,7 +67,7 @@ def test_missing_dataset_root_is_one_line_and_leaves_nothing(tmp_path):
 @pytest.mark.slow
 def test_missing_annotation_file_names_the_file(tmp_path):
     (tmp_path / "coco" / "train2017").mkdir(parents=True)
-    res = run_train(["data=coco", f"data.source.root={tmp_path}/coco", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    res = run_train(["data=coco", f"data.root={tmp_path}/coco", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     out = res.stdout + res.stderr
     assert res.returncode == 1 and "instances_train2017.json" in out and "Traceback" not in out
     assert runs(tmp_path) == []

@@ -51,10 +51,10 @@ class CocoDetection(torch.utils.data.Dataset):
         self.img_dir = Path(img_dir).expanduser()
         self.ann_file = Path(ann_file).expanduser()
         if not self.ann_file.is_file():
-            raise FileNotFoundError(f"annotation file {self.ann_file} not found; set data.source.root=/path/to/coco "
+            raise FileNotFoundError(f"annotation file {self.ann_file} not found; set data.root=/path/to/coco "
                                     f"(expects the annotation JSON {self.ann_file.name} under the configured layout)")
         if not self.img_dir.is_dir():
-            raise FileNotFoundError(f"image folder {self.img_dir} not found; set data.source.root=/path/to/coco "
+            raise FileNotFoundError(f"image folder {self.img_dir} not found; set data.root=/path/to/coco "
                                     f"(expects the images in {self.img_dir.name}/ under the configured layout)")
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             try:
@@ -139,7 +139,7 @@ class CocoData:
     ) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise FileNotFoundError(f"data.source.root={root} does not exist; pass data.source.root=/path/to/coco")
+            raise FileNotFoundError(f"data.root={root} does not exist; pass data.root=/path/to/coco")
         self.train_images, self.train_ann = self.root / train_images, self.root / train_ann
         self.val_images, self.val_ann = self.root / val_images, self.root / val_ann
         self.filter_empty_train = bool(filter_empty_train)
@@ -148,7 +148,7 @@ class CocoData:
         for path, is_dir in ((self.train_images, True), (self.train_ann, False),
                              (self.val_images, True), (self.val_ann, False)):
             if not (path.is_dir() if is_dir else path.is_file()):
-                raise FileNotFoundError(f"{path} not found; set data.source.root=/path/to/coco (expects {layout} under it)")
+                raise FileNotFoundError(f"{path} not found; set data.root=/path/to/coco (expects {layout} under it)")
 
     def train_dataset(self, transform: Transform) -> CocoDetection:
         """Training split; images without any usable box are dropped when ``filter_empty_train``."""

@@ -88,9 +88,9 @@ def test_rng_depends_on_seed_epoch_and_index_only(root: Path) -> None:
 
 
 def test_missing_annotation_file_and_image_folder_name_the_path(root: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.json.*data\.source\.root="):
+    with pytest.raises(FileNotFoundError, match=r"nope\.json.*data\.root="):
         CocoDetection(root / "imgs", root / "nope.json", identity)
-    with pytest.raises(FileNotFoundError, match=r"missing_imgs.*data\.source\.root="):
+    with pytest.raises(FileNotFoundError, match=r"missing_imgs.*data\.root="):
         CocoDetection(root / "missing_imgs", root / "ann.json", identity)
 
 
@@ -116,9 +116,9 @@ def test_coco_data_resolves_paths_and_checks_root(root: Path, tmp_path: Path) ->
     data = CocoData(str(root), "imgs", "ann.json", str(root / "imgs"), str(root / "ann.json"))
     assert len(data.train_dataset(identity)) == 2  # filter_empty_train by default
     assert len(data.val_dataset(identity)) == 3
-    with pytest.raises(FileNotFoundError, match=r"data\.source\.root=/no/such/dir does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"data\.root=/no/such/dir does not exist"):
         CocoData("/no/such/dir", "imgs", "ann.json", "imgs", "ann.json")
-    with pytest.raises(FileNotFoundError, match=r"val\.json.*data\.source\.root=.*expects imgs/, ann\.json"):
+    with pytest.raises(FileNotFoundError, match=r"val\.json.*data\.root=.*expects imgs/, ann\.json"):
         CocoData(str(root), "imgs", "ann.json", "imgs", "val.json")
 
 
