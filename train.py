@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,6 +27,9 @@ log = logging.getLogger("cnet")
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    # `kill`/scancel: unwind like Ctrl-C, so the MLflow run is marked KILLED (the checkpoint of the
+    # last finished epoch stays; restarting in the same folder resumes the same run)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return train(cfg)
     except USER_ERRORS as err:
@@ -33,6 +37,10 @@ def main(cfg: DictConfig) -> float:
             raise  # full traceback on request; in a sweep Hydra records the failed job
         log.error("%s: %s", type(err).__name__, err)
         sys.exit(1)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def train(cfg: DictConfig) -> float:
