@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import mlflow
@@ -29,6 +30,8 @@ def experiment() -> str:
 
 
 def _runs(experiment: str):
+    # explicit: another test module may have pinned mlflow's global tracking URI already
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     return mlflow.search_runs(experiment_names=[experiment])
 
 
