@@ -25,7 +25,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# decode: median of 5; adaption at COCO scale: one timed run after a warm-up (deformable-conv
+# decode: median of 5 after a warm-up; adaption at COCO scale: one timed run (deformable-conv
 # backward takes minutes per module on a CPU). On a GPU: `.venv/bin/python -m cnet.bench --device cuda`
 bench: $(STAMP)
 	$(PY) -m cnet.bench --repeats 5 --adaption-repeats 1

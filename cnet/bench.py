@@ -5,7 +5,8 @@
 * adaption: forward + backward time of every feature-adaption module at COCO scale (256 channels,
   128 x 128, batch 6), its own loss included.
 
-Each figure is the median of ``--repeats`` timed runs after one warm-up, measured in one process;
+Each figure is the median of ``--repeats`` timed runs after one warm-up (no warm-up for a single
+CPU adaption run, which takes minutes at COCO scale), measured in one process;
 the report also gives each option's ratio to the reference option (centripetal / none). Runs on
 CUDA as well (``--device cuda``), synchronising around every timed call.
 """
@@ -40,11 +41,12 @@ def component(group: str, name: str, **kwargs):
     return instantiate(OmegaConf.load(CONF / group / f"{name}.yaml"))(**kwargs)
 
 
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up, in seconds."""
+def timed(fn: Callable[[], object], repeats: int, device: torch.device, warmup: bool = True) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs (after one warm-up run), in seconds."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
+    if warmup:
+        fn()
+        sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -103,7 +105,8 @@ def bench_adaption(batch: int, channels: int, size: int, repeats: int, device: t
             total = tl_out.mean() + br_out.mean() + sum(module.loss_weights[k] * v for k, v in losses.items())
             total.backward()
 
-        sec = timed(step, repeats, device)
+        # a CPU step at COCO scale takes minutes: no warm-up there (nothing to warm but caches)
+        sec = timed(step, repeats, device, warmup=device.type == "cuda" or repeats > 1)
         rows.append({"adaption": name, "batch": batch, "ms_fwd_bwd": 1000 * sec})
         print(f"adaption {name:<12} batch {batch}: {1000 * sec:10.1f} ms fwd+bwd", flush=True)
     return rows
