@@ -159,18 +159,23 @@ def main(argv: list[str] | None = None) -> None:
         "setting": {"map_size": args.size, "num_classes": 80, "channels": args.channels,
                     "adaption_batch": args.adaption_batch},
     }
-    if args.only in (None, "decode"):
-        rows = bench_decode([1, 8], args.size, 80, args.repeats, device)
-        result["decode"] = with_ratios(rows, "matching", "ms_per_image", "centripetal", "batch")
-    if args.only in (None, "adaption"):
-        rows = bench_adaption(args.adaption_batch, args.channels, args.size, args.adaption_repeats or args.repeats, device)
-        result["adaption"] = with_ratios(rows, "adaption", "ms_fwd_bwd", "none")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     suffix = "" if device.type == "cpu" else f"_{device.type}"
     json_path = args.out.with_name(args.out.name + suffix + ".json")
     md_path = args.out.with_name(args.out.name + suffix + ".md")
-    json_path.write_text(json.dumps(result, indent=2))
-    md_path.write_text(to_markdown(result))
+
+    def write() -> None:  # after each section: a slow adaption section never loses the decode figures
+        json_path.write_text(json.dumps(result, indent=2))
+        md_path.write_text(to_markdown(result))
+
+    if args.only in (None, "decode"):
+        rows = bench_decode([1, 8], args.size, 80, args.repeats, device)
+        result["decode"] = with_ratios(rows, "matching", "ms_per_image", "centripetal", "batch")
+        write()
+    if args.only in (None, "adaption"):
+        rows = bench_adaption(args.adaption_batch, args.channels, args.size, args.adaption_repeats or args.repeats, device)
+        result["adaption"] = with_ratios(rows, "adaption", "ms_fwd_bwd", "none")
+        write()
     print(f"wrote {json_path} and {md_path}")
 
 
