@@ -121,7 +121,10 @@ def with_ratios(rows: list[dict], key: str, value: str, reference: str, group_by
 def to_markdown(result: dict) -> str:
     env, st = result["environment"], result["setting"]
     lines = [f"# cnet benchmarks ({env['device']}, torch {env['torch']}, {env['threads']} threads)", ""]
-    lines += [f"Medians of {result['repeats']} runs after a warm-up, one process; `python -m cnet.bench`.", ""]
+    n_ad = result.get("adaption_repeats", result["repeats"])
+    ad_runs = "one run" if n_ad == 1 else f"median of {n_ad}"
+    lines += [f"Decode: medians of {result['repeats']} runs after a warm-up; adaption: {ad_runs}. "
+              "One process, `python -m cnet.bench`.", ""]
     if result.get("decode"):
         lines += [f"## Decode time per image ({st['num_classes']} classes, {st['map_size']}x{st['map_size']} maps, "
                   "top-100 corners, 1000 pairs, soft-NMS)", "",
@@ -156,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
         },
         "repeats": args.repeats,
+        "adaption_repeats": args.adaption_repeats or args.repeats,
         "setting": {"map_size": args.size, "num_classes": 80, "channels": args.channels,
                     "adaption_batch": args.adaption_batch},
     }
