@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 MLFLOW_URI ?= sqlite:///mlflow.db
 
-.PHONY: install demo test test-fast bench ui clean
+.PHONY: install demo test test-fast lint bench ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,18 +17,24 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) train.py
-	$(PY) -m cnet.report table4 --experiment cnet --out-dir outputs/report
+	$(PY) -m cnet.tools.report table4 --experiment cnet --out-dir outputs/report
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q
+
+# ruff (lint + format check) and mypy over the package, tests and train.py
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cnet tests train.py
+	$(VENV)/bin/ruff format --check cnet tests train.py
+	$(VENV)/bin/mypy
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # decode: median of 5 after a warm-up; adaption at COCO scale: one timed run (deformable-conv
-# backward takes minutes per module on a CPU). On a GPU: `.venv/bin/python -m cnet.bench --device cuda`
+# backward takes minutes per module on a CPU). On a GPU: `.venv/bin/python -m cnet.tools.bench --device cuda`
 bench: $(STAMP)
-	$(PY) -m cnet.bench --repeats 5 --adaption-repeats 1
+	$(PY) -m cnet.tools.bench --repeats 5 --adaption-repeats 1
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --port 5000

@@ -1,7 +1,8 @@
 """Train and evaluate one configuration: `python train.py [overrides]`, sweeps with `-m`.
 
-Hydra stops here: everything below receives plain, typed arguments.
+Hydra stops here and in cnet.compose: everything below receives plain, typed arguments.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,10 +16,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from hydra.utils import instantiate
-
+from cnet.compose import build_run
 from cnet.errors import USER_ERRORS
-from cnet.run import LoaderConfig, Run, ScheduleConfig, TestConfig, seed_everything
+from cnet.run import seed_everything
 from cnet.tracking import Tracker, flatten_params, resolve_tracking_uri
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -47,22 +47,7 @@ def train(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     seed_everything(cfg.seed)  # before any module is built: weights init from the seed
-    run = Run(
-        data=instantiate(cfg.data.source),
-        train_transform=instantiate(cfg.data.train_transform),
-        test_transform=instantiate(cfg.data.test_transform),
-        backbone=instantiate(cfg.backbone),
-        matching=instantiate(cfg.matching),
-        adaption=instantiate(cfg.adaption),
-        optimizer=instantiate(cfg.optim),
-        schedule=ScheduleConfig(**OmegaConf.to_container(cfg.schedule)),
-        trainer=LoaderConfig(**OmegaConf.to_container(cfg.trainer)),
-        test=TestConfig(**OmegaConf.to_container(cfg.test)),
-        out_dir=out_dir,
-        seed=cfg.seed,
-        device=cfg.device,
-        extra_val={name: instantiate(source) for name, source in cfg.data.extra_val.items()},
-    )
+    run = build_run(cfg, out_dir)
     choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v}
     tags = choices | {
         "sweep_id": str(cfg.tracking.sweep_id),

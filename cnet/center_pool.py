@@ -3,6 +3,7 @@
 A centre keypoint sees the maximum response along its whole row plus the maximum along its
 whole column; the module has exactly the corner-pool layout with those two pools.
 """
+
 from __future__ import annotations
 
 from cnet.corner_pool import CornerPool, column_max_pool, row_max_pool

@@ -1,10 +1,11 @@
 """Atomic training checkpoints and the random-number-generator state they carry.
 
-A checkpoint is a plain ``dict`` saved with :func:`torch.save`. The training engine stores the
-keys ``model``, ``optimizer``, ``scheduler`` (state dicts), ``epoch`` (number of *completed*
-epochs), ``global_step``, ``rng`` (from :func:`rng_state`), ``mlflow_run_id`` and json-able
-``best``/``metrics``; this module does not enforce a schema beyond "a dict".
+A checkpoint is a plain ``dict`` saved with :func:`torch.save`. What the trainer stores is
+:class:`cnet.trainer.TrainState` as a dict (``epoch``, ``step``, ``model``, ``optimizer``,
+``scheduler``, ``rng`` from :func:`rng_state`, ``mlflow_run_id``, ``metrics``); this module does
+not enforce a schema beyond "a dict".
 """
+
 from __future__ import annotations
 
 import os
@@ -107,9 +108,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """
     missing = [k for k in _RNG_KEYS if k not in state]
     if missing:
-        raise ValueError(
-            f"rng state is missing keys {missing}; it must come from cnet.checkpoint.rng_state()"
-        )
+        raise ValueError(f"rng state is missing keys {missing}; it must come from cnet.checkpoint.rng_state()")
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())

@@ -1,17 +1,18 @@
-"""Corner pooling (CornerNet §3.4; implementation_facts.md §2).
+"""Corner pooling (CornerNet §3.4; docs/implementation_facts.md §2).
 
 Each directional pool is a running max along one axis of x [B, C, H, W], computed with
 ``torch.cummax`` (flipping the axis for the scans that run towards index 0). Rows index y
 (top = row 0), columns index x (left = column 0). A top-left corner looks down and right into its
 box, so it uses top_pool + left_pool; a bottom-right corner uses bottom_pool + right_pool.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from cnet.backbone.hourglass import conv_bn
+from cnet.ops import conv_bn
 
 
 def _reverse_cummax(x: Tensor, dim: int) -> Tensor:
@@ -50,8 +51,12 @@ def column_max_pool(x: Tensor) -> Tensor:
 
 
 POOLS: dict[str, Callable[[Tensor], Tensor]] = {
-    "top": top_pool, "bottom": bottom_pool, "left": left_pool, "right": right_pool,
-    "row": row_max_pool, "column": column_max_pool,
+    "top": top_pool,
+    "bottom": bottom_pool,
+    "left": left_pool,
+    "right": right_pool,
+    "row": row_max_pool,
+    "column": column_max_pool,
 }
 
 
@@ -75,8 +80,9 @@ class CornerPool(nn.Module):
     def __init__(self, in_channels: int, pool_channels: int, directions: tuple[str, str]) -> None:
         super().__init__()
         if len(directions) != 2 or any(d not in POOLS for d in directions):
-            raise ValueError(f"CornerPool: directions must be two of {sorted(POOLS)}, "
-                             f"e.g. ('top', 'left'); got {directions!r}")
+            raise ValueError(
+                f"CornerPool: directions must be two of {sorted(POOLS)}, e.g. ('top', 'left'); got {directions!r}"
+            )
         self.directions = tuple(directions)
         self.pool_1, self.pool_2 = POOLS[directions[0]], POOLS[directions[1]]
         self.branch_1 = conv_bn(in_channels, pool_channels, 3)

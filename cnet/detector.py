@@ -3,16 +3,17 @@
 ``model(images) -> Outputs``; the criterion and the post-processor consume the maps. What pairs
 corners (``matching``) and how corner features are adapted (``adaption``) are pluggable.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
-import torch
 from torch import Tensor, nn
 
 from cnet.adaption.base import Adaption
 from cnet.corner_pool import CornerPool
-from cnet.heads import CornerFeatures, init_heatmap_bias, kp_layer
+from cnet.heads import CornerFeatures, Part, init_heatmap_bias, kp_layer
 from cnet.matching.base import Matching
 from cnet.types import Outputs
 
@@ -77,9 +78,9 @@ class CornerDetector(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        channels = int(backbone.out_channels)
+        channels = int(cast(int, backbone.out_channels))
         heads = []
-        for _ in range(int(backbone.num_stacks)):
+        for _ in range(int(cast(int, backbone.num_stacks))):
             m = matching(in_channels=channels, num_classes=num_classes)
             a = adaption(in_channels=channels)
             if a.changes_features and not m.accepts_adapted_features:
@@ -93,11 +94,16 @@ class CornerDetector(nn.Module):
     @property
     def matching(self) -> Matching:
         """The final level's matching strategy (for target encoding, losses and pairing)."""
-        return self.heads[-1].matching
+        return cast(CornerHead, self.heads[-1]).matching
 
     @property
     def adaption(self) -> Adaption:
-        return self.heads[-1].adaption
+        return cast(CornerHead, self.heads[-1]).adaption
+
+    @property
+    def parts(self) -> dict[str, Part]:
+        """The pluggable parts of the final level, in the order the criterion calls them."""
+        return {"adaption": self.adaption, "matching": self.matching}
 
     def forward(self, images: Tensor) -> Outputs:
         """images [B, 3, H, W] -> Outputs; eval mode computes only the last stack's head."""
@@ -106,16 +112,4 @@ class CornerDetector(nn.Module):
             levels = [head(f) for head, f in zip(self.heads, feats)]
         else:
             levels = [self.heads[-1](feats[-1])]
-        return Outputs(levels, (int(images.shape[-2]), int(images.shape[-1])))
-
-
-class FlipTTA(nn.Module):
-    """Flip test-time augmentation: runs the image and its mirror as one batch."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: Tensor) -> Outputs:
-        out = self.model(torch.cat([images, images.flip(-1)]))
-        return Outputs(out.levels, out.input_size, flipped=True)
+        return Outputs(levels, (int(images.shape[-2]), int(images.shape[-1])), features=feats[-1])

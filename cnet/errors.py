@@ -1,4 +1,5 @@
 """Errors that mean "the input is wrong", reported to the user as one line by train.py."""
+
 from __future__ import annotations
 
 

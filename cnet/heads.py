@@ -1,10 +1,15 @@
-"""Small building blocks shared by the corner head and its pluggable components."""
+"""Small building blocks shared by the corner head and its pluggable parts, and the parts' contract."""
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 from torch import Tensor, nn
+
+from cnet.targets import CornerTargets
+from cnet.types import Grid
 
 
 def kp_layer(in_channels: int, out_channels: int, feat_channels: int | None = None) -> nn.Sequential:
@@ -38,3 +43,20 @@ class CornerFeatures:
     br_pool: Tensor
     tl: Tensor
     br: Tensor
+
+
+class Part(Protocol):
+    """What the criterion needs from a pluggable part of the detector (matching, adaption, ...).
+
+    ``loss`` returns unweighted scalar terms keyed like ``loss_weights``; term names must be
+    unique across the parts of one detector (the criterion refuses a collision).
+    """
+
+    @property
+    def loss_weights(self) -> dict[str, float]: ...
+
+    def encode_targets(self, corners: CornerTargets, grid: Grid) -> dict[str, Tensor]: ...
+
+    def loss(
+        self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets
+    ) -> dict[str, Tensor]: ...

@@ -1,4 +1,5 @@
 """Loss functions shared by the corner detector and its components (pure, unweighted)."""
+
 from __future__ import annotations
 
 import torch
@@ -6,9 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def corner_focal_loss(
-    pred_logits: Tensor, gt_heat: Tensor, alpha: float = 2.0, beta: float = 4.0
-) -> Tensor:
+def corner_focal_loss(pred_logits: Tensor, gt_heat: Tensor, alpha: float = 2.0, beta: float = 4.0) -> Tensor:
     """CornerNet's penalty-reduced focal loss on a heatmap.
 
     pred_logits, gt_heat: [B, C, H, W]. Positives are cells with gt == 1; negatives are weighted
@@ -24,9 +23,7 @@ def corner_focal_loss(
     return (pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1)
 
 
-def masked_smooth_l1(
-    pred: Tensor, target: Tensor, mask: Tensor, beta: float = 1.0, min_norm: float = 0.0
-) -> Tensor:
+def masked_smooth_l1(pred: Tensor, target: Tensor, mask: Tensor, beta: float = 1.0, min_norm: float = 0.0) -> Tensor:
     """SmoothL1 summed over cells where ``mask`` is 1, divided by the number of such cells.
 
     pred, target: [B, D, H, W]; mask: [B, 1, H, W]. With ``min_norm=0`` and an empty mask the
@@ -38,9 +35,7 @@ def masked_smooth_l1(
     return loss.sum() / denom
 
 
-def ae_pull_push(
-    tl_emb: Tensor, br_emb: Tensor, margin: float = 1.0
-) -> tuple[Tensor, Tensor]:
+def ae_pull_push(tl_emb: Tensor, br_emb: Tensor, margin: float = 1.0) -> tuple[Tensor, Tensor]:
     """Associative-embedding pull and push of one image (CornerNet).
 
     tl_emb, br_emb: [N, D] embeddings of each object's two corners. Pull draws both to their mean;

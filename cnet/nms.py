@@ -1,9 +1,10 @@
-"""Gaussian soft-NMS, per class, vectorised across classes (implementation_facts.md §6 item 12).
+"""Gaussian soft-NMS, per class, vectorised across classes (docs/implementation_facts.md §6 item 12).
 
 Convention of mmcv's ``soft_nms(method='gaussian')`` as used by mmdetection's CentripetalHead:
 every remaining box of the picked box's class is decayed by ``exp(-IoU^2 / sigma)`` (no IoU
 threshold in gaussian mode), IoU has no +1 pixel offset, and the *decayed* scores are returned.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,7 +1,8 @@
 """Learning-rate schedule: linear warm-up, then step decay at epoch milestones (per iteration)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR

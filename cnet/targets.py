@@ -4,6 +4,7 @@ All functions are pure: explicit arguments, no randomness, no I/O. Boxes come in
 pixels and are mapped to output-map ("feature") units with the grid's ratio (511 -> 128 gives
 3.9921875 input pixels per cell).
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cnet.types import GroundTruth, Grid
+from cnet.types import Grid, GroundTruth
 
 
 def gaussian_radius(height: float, width: float, min_overlap: float = 0.3) -> float:
@@ -107,9 +108,7 @@ class CornerTargets:
 
 
 @torch.no_grad()
-def encode_corners(
-    gts: list[GroundTruth], grid: Grid, num_classes: int, min_overlap: float = 0.3
-) -> CornerTargets:
+def encode_corners(gts: list[GroundTruth], grid: Grid, num_classes: int, min_overlap: float = 0.3) -> CornerTargets:
     """Heatmap, offset and mask targets for both corners of every box (CornerNet, §4)."""
     device = gts[0].boxes.device if gts else torch.device("cpu")
     b, h, w = len(gts), grid.out_h, grid.out_w
@@ -138,9 +137,7 @@ def encode_corners(
     return CornerTargets(tl_heat, br_heat, tl_off, br_off, tl_mask, br_mask, points)
 
 
-def scatter_at_corners(
-    values: list[Tensor], cells: list[Tensor], shape: tuple[int, int, int, int]
-) -> Tensor:
+def scatter_at_corners(values: list[Tensor], cells: list[Tensor], shape: tuple[int, int, int, int]) -> Tensor:
     """Write per-object vectors into a dense map by plain assignment.
 
     values: per image [N, D]; cells: per image [N, 2] int64 (x, y); shape: (B, D, H, W).
@@ -150,3 +147,20 @@ def scatter_at_corners(
         if len(v):
             out[i, :, c[:, 1], c[:, 0]] = v.T.to(out.dtype)
     return out
+
+
+@torch.no_grad()
+def cell_to_center_targets(corners: CornerTargets, grid: Grid, tl_key: str, br_key: str) -> dict[str, Tensor]:
+    """Linear offsets from each corner's integer cell to its float box centre, [B, 2, H, W] each.
+
+    tl: centre - tl_cell; br: br_cell - centre (output-map units), written at the corner cells.
+    The cross-star guiding shift (Eq. 7) and the centre-regression ablation share these targets;
+    the br value goes negative for sub-cell boxes.
+    """
+    shape = (len(corners.points), 2, grid.out_h, grid.out_w)
+    tl_vals = [p.center - p.tl_int for p in corners.points]  # [N, 2]
+    br_vals = [p.br_int - p.center for p in corners.points]
+    return {
+        tl_key: scatter_at_corners(tl_vals, [p.tl_int for p in corners.points], shape),
+        br_key: scatter_at_corners(br_vals, [p.br_int for p in corners.points], shape),
+    }

@@ -5,6 +5,7 @@ exists: several jobs in one process (a Hydra multirun with the basic launcher) n
 The default store is a SQLite file at the project root; its artifacts go to ``mlartifacts/``
 next to the database rather than under Hydra's per-job working directory.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,18 +34,19 @@ _LOCK_SLEEP_S = 0.5
 T = TypeVar("T")
 
 
-def resolve_tracking_uri(configured: str | None, project_root: Path) -> str:
+def resolve_tracking_uri(configured: str | None, project_root: Path | None = None) -> str:
     """Pick the tracking URI: env ``MLFLOW_TRACKING_URI`` > ``configured`` > project SQLite file.
 
-    The fallback is ``sqlite:///<absolute project_root>/mlflow.db`` so Hydra's change of the
-    working directory does not create a second database per job.
+    The fallback is ``sqlite:///<absolute project_root>/mlflow.db`` (default: the current
+    folder, where the tools are started) so Hydra's change of the working directory does not
+    create a second database per job.
     """
     env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env_uri:
         return env_uri
     if configured and configured.strip():
         return configured.strip()
-    return f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{Path(project_root or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
 def flatten_params(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -157,9 +159,7 @@ class Tracker:
         return exp.experiment_id
 
     def _resume(self, run_id: str, experiment: str, run_name: str | None) -> str:
-        fresh_hint = (
-            "to start fresh, delete the checkpoint (or the run's output folder) that stores this run id"
-        )
+        fresh_hint = "to start fresh, delete the checkpoint (or the run's output folder) that stores this run id"
         try:
             run = _retry_locked(self._client.get_run, run_id)
         except MlflowException as exc:

@@ -3,6 +3,7 @@
 Coordinates are ``(x, y)`` in pixels of the *network input* (after augmentation and
 padding) unless a field says otherwise. Boxes are ``xyxy`` floats.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -117,15 +118,34 @@ class Outputs:
                 Always ``tl_heat``/``br_heat`` [B, C, H, W] logits and ``tl_off``/``br_off``
                 [B, 2, H, W]; plus the maps of the active adaption and matching components.
     input_size: (height, width) of the network input the maps were computed from.
-    flipped:    True when the second half of the batch is the horizontally flipped first half
-                (flip test-time augmentation); the post-processor merges the two halves.
+    features:   [B, C, H, W] the last stack's backbone feature, for second-stage heads
+                ``(features, boxes) -> maps`` (e.g. a mask head); None when not kept.
     """
 
     levels: list[dict[str, Tensor]]
     input_size: tuple[int, int]
-    flipped: bool = False
+    features: Tensor | None = None
 
     @property
     def grid(self) -> Grid:
         out_h, out_w = self.levels[-1]["tl_heat"].shape[-2:]
         return Grid(self.input_size[0], self.input_size[1], int(out_h), int(out_w))
+
+
+def unpad_points(xy: Tensor, meta: ImageMeta) -> Tensor:
+    """Network-input (x, y) [..., 2] -> original-image pixels: ``(x - left) / scale`` (no clipping)."""
+    top, left = meta.border
+    return (xy - xy.new_tensor([left, top])) / meta.scale
+
+
+def unpad_boxes(boxes: Tensor, meta: ImageMeta) -> Tensor:
+    """Network-input xyxy boxes [N, 4] -> original-image pixels, clipped to ``meta.orig_size``.
+
+    The inverse of the test transform's padding (and scale).
+    """
+    out = unpad_points(boxes.reshape(-1, 2, 2), meta).reshape(-1, 4)
+    h, w = meta.orig_size
+    return torch.stack(
+        [out[:, 0].clamp(0, w), out[:, 1].clamp(0, h), out[:, 2].clamp(0, w), out[:, 3].clamp(0, h)],
+        dim=-1,
+    )

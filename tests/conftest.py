@@ -1,4 +1,5 @@
 """Shared fixtures: paths and small helpers used across the test suite."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,4 +22,6 @@ def synthetic_root(tmp_path_factory) -> Path:
     """A small synthetic COCO-format dataset generated once per test session."""
     from cnet.data.synthetic import generate_synthetic
 
-    return generate_synthetic(tmp_path_factory.mktemp("synth"), seed=0, num_train=24, num_val=8, num_val_crowd=4, image_size=96)
+    return generate_synthetic(
+        tmp_path_factory.mktemp("synth"), seed=0, num_train=24, num_val=8, num_val_crowd=4, image_size=96
+    )

@@ -1,9 +1,11 @@
 """The benchmark script runs end to end at a tiny scale and reports every option with ratios."""
+
 from __future__ import annotations
 
 import json
 
-from cnet.bench import main, options
+from cnet.compose import group_options as options
+from cnet.tools.bench import main
 
 
 def test_bench_reports_every_option(tmp_path):

@@ -1,4 +1,5 @@
 """Centre pooling: row max + column max on exact integers, a naive reference, CenterPool."""
+
 from __future__ import annotations
 
 import torch
@@ -6,10 +7,7 @@ import torch
 from cnet.center_pool import CenterPool, column_max_pool, row_max_pool
 
 # hand-built 4 x 5 map (rows = y, columns = x)
-X = [[1, 0, 7, 2, 0],
-     [3, 9, 1, 0, 4],
-     [0, 2, 5, 8, 1],
-     [6, 1, 0, 3, 2]]
+X = [[1, 0, 7, 2, 0], [3, 9, 1, 0, 4], [0, 2, 5, 8, 1], [6, 1, 0, 3, 2]]
 ROW_MAX = [7, 9, 8, 6]
 COL_MAX = [6, 9, 7, 8, 4]
 

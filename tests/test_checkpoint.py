@@ -1,4 +1,5 @@
 """Atomic checkpoint writes, corrupt-file errors and RNG round trips."""
+
 from __future__ import annotations
 
 import random
@@ -71,7 +72,7 @@ def test_truncated_real_checkpoint_error(tmp_path):
 
 
 def test_missing_and_non_dict_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
         ckpt.load_checkpoint(tmp_path / "nope.pt")
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(RuntimeError, match=r"list\.pt.*not a dict"):

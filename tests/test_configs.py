@@ -1,29 +1,20 @@
 """Every option of every config group composes, and its components instantiate and fit together."""
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cnet.backbone import HourglassNet
-from cnet.detector import CornerDetector
+from cnet.compose import build_detector, compose_config, group_options, instantiate_node
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["backbone", "matching", "adaption", "data", "optim", "schedule", "trainer", "test"]
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=False)
+options = group_options
+compose_cfg = compose_config
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -40,8 +31,10 @@ def test_every_option_composes(group, option):
 @pytest.mark.parametrize("adaption", options("adaption"))
 def test_matching_and_adaption_instantiate_into_a_detector(matching, adaption):
     cfg = compose_cfg([f"matching={matching}", f"adaption={adaption}"])
-    backbone = HourglassNet(num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1), stem_channels=8, feat_channels=16)
-    model = CornerDetector(backbone, 3, instantiate(cfg.matching), instantiate(cfg.adaption))
+    backbone = HourglassNet(
+        num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1), stem_channels=8, feat_channels=16
+    )
+    model = build_detector(cfg, 3, backbone)
     out = model(torch.randn(1, 3, 31, 31))
     assert out.levels[-1]["tl_heat"].shape == (1, 3, 8, 8)
 
@@ -49,15 +42,15 @@ def test_matching_and_adaption_instantiate_into_a_detector(matching, adaption):
 @pytest.mark.parametrize("backbone", ["tiny"])
 def test_backbone_instantiates_and_runs(backbone):
     cfg = compose_cfg([f"backbone={backbone}"])
-    net = instantiate(cfg.backbone)
+    net = instantiate_node(cfg.backbone)
     feats = net(torch.randn(1, 3, 127, 127))
     assert len(feats) == net.num_stacks and feats[-1].shape[-2:] == (32, 32)
 
 
-def test_transforms_and_optim_instantiate():
+def test_transforms_and_optim_instantiate_node():
     cfg = compose_cfg(["data=coco", "data.root=/data/coco"])
-    assert instantiate(cfg.data.train_transform).crop_size == 511
-    opt = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(1))])
+    assert instantiate_node(cfg.data.train_transform).crop_size == 511
+    opt = instantiate_node(cfg.optim)([torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 5e-4
 
 
@@ -70,5 +63,5 @@ def test_unknown_option_is_rejected_with_the_key_named():
 def test_every_experiment_composes(experiment):
     cfg = compose_cfg([f"+experiment={experiment}", "data.root=/data/coco"])
     OmegaConf.resolve(cfg)
-    instantiate(cfg.matching)
-    instantiate(cfg.adaption)
+    instantiate_node(cfg.matching)
+    instantiate_node(cfg.adaption)

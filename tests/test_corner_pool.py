@@ -1,4 +1,5 @@
 """Corner pooling: mmcv's exact integer vectors, a naive loop reference, gradcheck, CornerPool."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,17 +10,15 @@ from torch import Tensor
 
 from cnet.corner_pool import CornerPool, bottom_pool, left_pool, right_pool, top_pool
 
-# implementation_facts.md §2 (mmcv tests/test_ops/test_corner_pool.py)
+# docs/implementation_facts.md §2 (mmcv tests/test_ops/test_corner_pool.py)
 LR = [[0, 0, 0, 0, 0], [2, 1, 3, 0, 2], [5, 4, 1, 1, 6], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
 TB = [[0, 3, 1, 0, 0], [0, 1, 1, 0, 0], [0, 3, 4, 0, 0], [0, 2, 2, 0, 0], [0, 0, 2, 0, 0]]
 ZERO_ROW = [0, 0, 0, 0, 0]
 CASES = [
     (left_pool, LR, [ZERO_ROW, [3, 3, 3, 2, 2], [6, 6, 6, 6, 6], ZERO_ROW, ZERO_ROW]),
     (right_pool, LR, [ZERO_ROW, [2, 2, 3, 3, 3], [5, 5, 5, 5, 6], ZERO_ROW, ZERO_ROW]),
-    (top_pool, TB, [[0, 3, 4, 0, 0], [0, 3, 4, 0, 0], [0, 3, 4, 0, 0], [0, 2, 2, 0, 0],
-                    [0, 0, 2, 0, 0]]),
-    (bottom_pool, TB, [[0, 3, 1, 0, 0], [0, 3, 1, 0, 0], [0, 3, 4, 0, 0], [0, 3, 4, 0, 0],
-                       [0, 3, 4, 0, 0]]),
+    (top_pool, TB, [[0, 3, 4, 0, 0], [0, 3, 4, 0, 0], [0, 3, 4, 0, 0], [0, 2, 2, 0, 0], [0, 0, 2, 0, 0]]),
+    (bottom_pool, TB, [[0, 3, 1, 0, 0], [0, 3, 1, 0, 0], [0, 3, 4, 0, 0], [0, 3, 4, 0, 0], [0, 3, 4, 0, 0]]),
 ]
 POOLS = [top_pool, bottom_pool, left_pool, right_pool]
 

@@ -1,4 +1,5 @@
 """The composed detector: forward in train/eval mode, criterion terms, empty-GT properties."""
+
 from __future__ import annotations
 
 import functools
@@ -10,21 +11,25 @@ from cnet.adaption.cross_star import CrossStar
 from cnet.adaption.none import NoAdaption
 from cnet.backbone import HourglassNet
 from cnet.criterion import Criterion
-from cnet.detector import CornerDetector, FlipTTA
+from cnet.detector import CornerDetector
 from cnet.matching.centripetal import Centripetal
 from cnet.postprocess import PostProcess
+from cnet.predictor import Predictor, test_views
 from cnet.types import GroundTruth, ImageMeta
 
 
 def tiny_detector(adaption=CrossStar, num_stacks: int = 2) -> CornerDetector:
     torch.manual_seed(0)
-    backbone = HourglassNet(num_stacks=num_stacks, stage_channels=(16, 16, 24), stage_blocks=(1, 1, 1),
-                            stem_channels=8, feat_channels=16)
+    backbone = HourglassNet(
+        num_stacks=num_stacks, stage_channels=(16, 16, 24), stage_blocks=(1, 1, 1), stem_channels=8, feat_channels=16
+    )
     return CornerDetector(backbone, 3, functools.partial(Centripetal), functools.partial(adaption))
 
 
-GT = [GroundTruth(torch.tensor([[4.0, 8.0, 40.0, 50.0], [30.0, 20.0, 60.0, 60.0]]), torch.tensor([0, 2])),
-      GroundTruth.empty()]
+GT = [
+    GroundTruth(torch.tensor([[4.0, 8.0, 40.0, 50.0], [30.0, 20.0, 60.0, 60.0]]), torch.tensor([0, 2])),
+    GroundTruth.empty(),
+]
 
 
 def test_train_forward_has_one_level_per_stack_and_all_terms():
@@ -35,7 +40,7 @@ def test_train_forward_has_one_level_per_stack_and_all_terms():
     lvl = out.levels[-1]
     assert lvl["tl_heat"].shape == (2, 3, 16, 16) and lvl["tl_cs"].shape == (2, 2, 16, 16)
     assert lvl["tl_guiding"].shape == (2, 2, 16, 16)
-    criterion = Criterion(3, model.matching, model.adaption)
+    criterion = Criterion(3, model.parts)
     losses = criterion(out, GT)
     assert set(losses) == {"det", "off", "guiding", "centripetal"}
     assert criterion.weight_dict["guiding"] == 0.05
@@ -49,7 +54,7 @@ def test_train_forward_has_one_level_per_stack_and_all_terms():
 @pytest.mark.parametrize("adaption", [NoAdaption, CrossStar])
 def test_empty_ground_truth_losses(adaption):
     model = tiny_detector(adaption, num_stacks=1)
-    criterion = Criterion(3, model.matching, model.adaption)
+    criterion = Criterion(3, model.parts)
     losses = criterion(model(torch.randn(1, 3, 31, 31)), [GroundTruth.empty()])
     assert losses["det"] > 0
     for k in losses.keys() - {"det"}:
@@ -62,10 +67,11 @@ def test_eval_forward_uses_last_level_and_flip_tta_decodes():
     with torch.no_grad():
         out = model(images)
         assert len(out.levels) == 1
-        tta = FlipTTA(model)(images)
-    assert tta.flipped and tta.levels[0]["tl_heat"].shape[0] == 2
+        views = test_views(flip=True)
+        tta = model(torch.cat([v.apply(images) for v in views]))
+    assert tta.levels[0]["tl_heat"].shape[0] == 2
     meta = ImageMeta(7, (60, 50), (63, 63), border=(1.0, 6.0))
-    dets = PostProcess(model.matching)(tta, [meta])
+    dets = Predictor(model, PostProcess(model.matching), views)(images, [meta])[""]
     assert len(dets) == 1
     d = dets[0]
     assert d.boxes.shape[1] == 4 and len(d.boxes) <= 100

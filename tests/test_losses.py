@@ -1,4 +1,5 @@
 """Loss functions: focal loss against a direct formula, masked SmoothL1, AE pull/push."""
+
 from __future__ import annotations
 
 import torch

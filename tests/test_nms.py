@@ -25,7 +25,7 @@ def _soft_nms_ref(boxes, scores, labels, sigma, min_score, max_dets):
             s, b = alive.pop(best)
             kept.append((s, b, cls))
             for item in alive:
-                item[0] *= math.exp(-_iou_ref(b, item[1]) ** 2 / sigma)
+                item[0] *= math.exp(-(_iou_ref(b, item[1]) ** 2) / sigma)
             alive = [item for item in alive if item[0] >= min_score]
     kept.sort(key=lambda t: -t[0])
     return kept[:max_dets]
@@ -84,8 +84,8 @@ def test_soft_nms_two_boxes_known_decay():
     boxes = torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10], [5, 0, 15, 10]])
     scores = torch.tensor([0.9, 0.8, 0.7])
     labels = torch.tensor([0, 0, 1])
-    b, s, l = soft_nms(boxes, scores, labels, sigma=0.5)
-    expected = sorted([0.9, 0.8 * math.exp(-(1 / 3) ** 2 / 0.5), 0.7], reverse=True)
+    _b, s, l = soft_nms(boxes, scores, labels, sigma=0.5)
+    expected = sorted([0.9, 0.8 * math.exp(-((1 / 3) ** 2) / 0.5), 0.7], reverse=True)
     assert s.tolist() == pytest.approx(expected, rel=1e-6)
     # The class-1 box overlaps the class-0 boxes but is not decayed: classes are independent.
     assert (l == 1).sum() == 1 and s[l == 1].item() == pytest.approx(0.7)

@@ -1,5 +1,6 @@
-"""Paper Tables 4-6 rebuilt from MLflow runs (cnet.report): the selection rule on hand-built runs,
+"""Paper Tables 4-6 rebuilt from MLflow runs (cnet.tools.report): the selection rule on hand-built runs,
 the table specs against the paper, the sweeps' composition, and tables from real tiny runs."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cnet.report import (METRICS, RowSpec, available_tables, build_table, load_spec, match_row, select_cell)
-from cnet.report_render import ours_text, table_frame, to_latex, to_markdown
+from cnet.tools.report_render import ours_text, table_frame, to_latex, to_markdown
+from cnet.tools.report_tables import METRICS, RowSpec, available_tables, build_table, load_spec, match_row, select_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -23,26 +24,49 @@ PAPER_TEXT = sorted((ROOT.parent / "shared" / "seeds").glob("000_*.txt"))
 TABLES = ["table4", "table5", "table6"]
 # The brief's transcription (independent of the YAML files): row -> AP AP50 AP75 APS APM APL.
 PAPER = {
-    "table4": [[37.3, 53.1, 39.0, 17.8, 39.4, 50.8], [37.5, 53.1, 39.7, 17.7, 39.4, 51.2],
-               [39.9, 57.7, 42.3, 23.1, 42.3, 52.3], [40.1, 55.8, 42.7, 21.0, 42.9, 55.6],
-               [40.7, 58.0, 42.8, 22.4, 43.0, 55.4]],
-    "table5": [[40.7, 58.0, 42.8, 22.4, 43.0, 55.4], [40.8, 58.2, 43.2, 23.1, 42.7, 54.9],
-               [41.1, 58.5, 43.4, 22.9, 43.4, 55.5], [41.5, 58.7, 44.4, 23.3, 44.1, 55.7]],
-    "table6": [[37.3, 53.1, 39.0, 17.8, 39.4, 50.8], [37.3, 53.0, 39.5, 18.3, 39.2, 50.7],
-               [41.5, 58.7, 44.4, 23.3, 44.1, 55.7], [41.8, 58.9, 44.5, 23.0, 44.1, 56.7],
-               [41.7, 59.0, 44.4, 23.3, 44.4, 56.1], [42.1, 58.7, 44.9, 23.7, 44.5, 56.8]],
+    "table4": [
+        [37.3, 53.1, 39.0, 17.8, 39.4, 50.8],
+        [37.5, 53.1, 39.7, 17.7, 39.4, 51.2],
+        [39.9, 57.7, 42.3, 23.1, 42.3, 52.3],
+        [40.1, 55.8, 42.7, 21.0, 42.9, 55.6],
+        [40.7, 58.0, 42.8, 22.4, 43.0, 55.4],
+    ],
+    "table5": [
+        [40.7, 58.0, 42.8, 22.4, 43.0, 55.4],
+        [40.8, 58.2, 43.2, 23.1, 42.7, 54.9],
+        [41.1, 58.5, 43.4, 22.9, 43.4, 55.5],
+        [41.5, 58.7, 44.4, 23.3, 44.1, 55.7],
+    ],
+    "table6": [
+        [37.3, 53.1, 39.0, 17.8, 39.4, 50.8],
+        [37.3, 53.0, 39.5, 18.3, 39.2, 50.7],
+        [41.5, 58.7, 44.4, 23.3, 44.1, 55.7],
+        [41.8, 58.9, 44.5, 23.0, 44.1, 56.7],
+        [41.7, 59.0, 44.4, 23.3, 44.4, 56.1],
+        [42.1, 58.7, 44.9, 23.7, 44.5, 56.8],
+    ],
 }
 COLUMNS = {m: f"metrics.bbox_{m}" for m in METRICS}
 
 
-def run_record(run_id: str, minute: int, status: str = "FINISHED", seed: int = 0, ap: float = 0.4,
-               epochs: int = 110, **tags: str) -> dict:
+def run_record(
+    run_id: str, minute: int, status: str = "FINISHED", seed: int = 0, ap: float = 0.4, epochs: int = 110, **tags: str
+) -> dict:
     """One row of a ``mlflow.search_runs`` frame (what the report reads)."""
-    rec = {"run_id": run_id, "status": status, "start_time": pd.Timestamp(2024, 1, 1, 0, minute, tz="UTC"),
-           "params.seed": str(seed), "params.schedule.epochs": str(epochs), "tags.matching": "centripetal",
-           "tags.adaption": "none", "tags.data": "coco", "tags.backbone": "hourglass52", "tags.schedule": "ablation"}
+    rec = {
+        "run_id": run_id,
+        "status": status,
+        "start_time": pd.Timestamp(2024, 1, 1, 0, minute, tz="UTC"),
+        "params.seed": str(seed),
+        "params.schedule.epochs": str(epochs),
+        "tags.matching": "centripetal",
+        "tags.adaption": "none",
+        "tags.data": "coco",
+        "tags.backbone": "hourglass52",
+        "tags.schedule": "ablation",
+    }
     rec |= {f"tags.{k}": v for k, v in tags.items()}
-    rec |= {col: ap for col in COLUMNS.values()}
+    rec |= dict.fromkeys(COLUMNS.values(), ap)
     return rec
 
 
@@ -54,8 +78,9 @@ def trained_all(epochs: int = 110):
 
 
 def test_latest_finished_run_per_seed_then_mean_std_over_seeds():
-    runs = pd.DataFrame([run_record("s0old", 1, ap=0.30), run_record("s0new", 5, ap=0.40),
-                         run_record("s1", 3, seed=1, ap=0.50)]).sample(frac=1, random_state=0)
+    runs = pd.DataFrame(
+        [run_record("s0old", 1, ap=0.30), run_record("s0new", 5, ap=0.40), run_record("s1", 3, seed=1, ap=0.50)]
+    ).sample(frac=1, random_state=0)
     cell = select_cell(runs, COLUMNS, trained_all())
     assert cell.state == "ok" and cell.n == 2 and cell.label == "ok, n=2"
     assert sorted(r.run_id for r in cell.used) == ["s0new", "s1"]
@@ -98,16 +123,26 @@ def test_finished_before_its_schedule_ends_is_partial():
 
 
 def test_no_candidate_is_not_run_and_coco_minus_one_is_na():
-    assert select_cell(pd.DataFrame(columns=["run_id", "status", "start_time"]), COLUMNS, trained_all()).state == "not run"
+    assert (
+        select_cell(pd.DataFrame(columns=["run_id", "status", "start_time"]), COLUMNS, trained_all()).state == "not run"
+    )
     rec = run_record("r", 1, ap=0.25) | {"metrics.bbox_APL": -1.0}
     cell = select_cell(pd.DataFrame([rec]), COLUMNS, trained_all())
     assert ours_text(cell, "AP") == "25.0" and ours_text(cell, "APL") == "n/a"
 
 
 def test_rows_match_on_tags_mask_head_default_and_epochs():
-    runs = pd.DataFrame([run_record("plain", 1), run_record("masked", 2, mask_head="centripetal_mask"),
-                         run_record("long", 3, epochs=210), run_record("ae", 4, matching="ae1d")])
-    row = RowSpec("r", {"matching": "centripetal", "adaption": "none", "mask_head": "none"}, dict.fromkeys(METRICS, 0.0))
+    runs = pd.DataFrame(
+        [
+            run_record("plain", 1),
+            run_record("masked", 2, mask_head="centripetal_mask"),
+            run_record("long", 3, epochs=210),
+            run_record("ae", 4, matching="ae1d"),
+        ]
+    )
+    row = RowSpec(
+        "r", {"matching": "centripetal", "adaption": "none", "mask_head": "none"}, dict.fromkeys(METRICS, 0.0)
+    )
     assert list(match_row(runs, row).run_id) == ["plain", "long"]  # no mask_head tag = "none"
     row110 = RowSpec("r", row.config, row.paper, epochs=110)
     assert list(match_row(runs, row110).run_id) == ["plain"]
@@ -126,8 +161,12 @@ def test_title_says_when_runs_are_not_the_papers_setting():
 
 def test_rendered_table_keeps_states_paper_numbers_and_provenance():
     spec = load_spec("table6")
-    runs = pd.DataFrame([run_record("cn1", 1, matching="ae1d", ap=0.3), run_record("cs2", 2, adaption="cross_star",
-                                                                                   epochs=210, status="FAILED")])
+    runs = pd.DataFrame(
+        [
+            run_record("cn1", 1, matching="ae1d", ap=0.3),
+            run_record("cs2", 2, adaption="cross_star", epochs=210, status="FAILED"),
+        ]
+    )
     table = build_table(spec, runs, trained_all())
     frame = table_frame(table)
     assert list(frame.state) == ["ok", "not run", "not run", "not run", "failed", "not run"]
@@ -168,7 +207,11 @@ def test_experiment_sets_the_papers_setting_and_sweeps_the_tables_rows(table):
     cfg = compose_hydra([f"+experiment={table}"])
     choices = cfg.hydra.runtime.choices
     assert (choices.backbone, choices.schedule, choices.data, choices.trainer) == (
-        spec.setting["backbone"], spec.setting["schedule"], spec.setting["data"], "gpu")
+        spec.setting["backbone"],
+        spec.setting["schedule"],
+        spec.setting["data"],
+        "gpu",
+    )
     assert cfg.schedule.epochs == spec.setting["epochs"] and cfg.tracking.experiment == spec.experiment
     swept = {k: v.split(",") for k, v in cfg.hydra.sweeper.params.items()}
     for group, options in swept.items():
@@ -200,10 +243,23 @@ def test_sweep_composes_with_the_slurm_launcher():
 
 @pytest.mark.parametrize("table", TABLES)
 def test_empty_store_prints_the_papers_numbers_and_not_run(table, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "cnet.report", table, "--tracking-uri",
-                          f"sqlite:///{tmp_path}/empty.db", "--out-dir", str(tmp_path / "reports")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnet.tools.report",
+            table,
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/empty.db",
+            "--out-dir",
+            str(tmp_path / "reports"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert res.returncode == 0, res.stderr
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "paper" not in line]
     assert len(rows) == len(PAPER[table])
@@ -213,41 +269,85 @@ def test_empty_store_prints_the_papers_numbers_and_not_run(table, tmp_path):
         assert [float(cells[first + 1 + 3 * i]) for i in range(6)] == paper
         assert [cells[first + 3 * i] for i in range(6)] == ["not run"] * 6 and cells[-1] == "not run"
     assert not (tmp_path / "empty.db").exists()  # reading never creates a store
-    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [f"{table}.{e}" for e in ("csv", "md", "png", "tex")]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
+        f"{table}.{e}" for e in ("csv", "md", "png", "tex")
+    ]
 
 
 # ---------------------------------------------------------------- real runs
 
 
-SMALL = ["data.source.num_train=16", "data.source.num_val=4", "data.source.num_val_crowd=2",
-         "data.source.image_size=60", "data.train_transform.crop_size=63", "data.test_transform.pad_or=63",
-         "schedule.epochs=1", "schedule.warmup_iters=2", "trainer.batch_size=4", "trainer.progress=false",
-         "test.corner_topk=20", "test.flip=false", "test.matching_only=false"]
+SMALL = [
+    "data.source.num_train=16",
+    "data.source.num_val=4",
+    "data.source.num_val_crowd=2",
+    "data.source.image_size=60",
+    "data.train_transform.crop_size=63",
+    "data.test_transform.pad_or=63",
+    "schedule.epochs=1",
+    "schedule.warmup_iters=2",
+    "trainer.batch_size=4",
+    "trainer.progress=false",
+    "test.corner_topk=20",
+    "test.flip=false",
+    "test.matching_only=false",
+]
 # The table4 sweep, shrunk: its two rows, with command-line groups over the experiment's defaults.
-SWEEP = ["-m", "+experiment=table4", "data=synthetic", "backbone=tiny", "schedule=demo", "trainer=demo",
-         "matching=centripetal,center_regression", *SMALL]
+SWEEP = [
+    "-m",
+    "+experiment=table4",
+    "data=synthetic",
+    "backbone=tiny",
+    "schedule=demo",
+    "trainer=demo",
+    "matching=centripetal,center_regression",
+    *SMALL,
+]
 
 
 def tiny_sweep(tmp: Path, tracking_uri: str) -> None:
     """Two real jobs of the Table 4 sweep, tracked at ``tracking_uri``."""
     env = dict(os.environ, CNET_CACHE_DIR=str(tmp / "cache"), MLFLOW_TRACKING_URI=tracking_uri)
     env.pop("HYDRA_FULL_ERROR", None)
-    res = subprocess.run([sys.executable, str(ROOT / "train.py"), *SWEEP, f"hydra.sweep.dir={tmp}/sweep"],
-                         cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *SWEEP, f"hydra.sweep.dir={tmp}/sweep"],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 
 def report_csv(table: str, uri: str, out: Path, *extra: str) -> pd.DataFrame:
-    res = subprocess.run([sys.executable, "-m", "cnet.report", table, "--tracking-uri", uri, "--format", "csv",
-                          "--out-dir", str(out), *extra], cwd=out.parent, capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnet.tools.report",
+            table,
+            "--tracking-uri",
+            uri,
+            "--format",
+            "csv",
+            "--out-dir",
+            str(out),
+            *extra,
+        ],
+        cwd=out.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert res.returncode == 0, res.stderr
     assert (out / f"{table}.csv").read_text() == res.stdout
     return pd.read_csv(out / f"{table}.csv", keep_default_na=False, na_values=[""])
 
 
 def logged_runs(uri: str) -> pd.DataFrame:
-    from cnet.report import fetch_runs
+    from cnet.tools.report import fetch_runs
 
     return fetch_runs(uri)
 

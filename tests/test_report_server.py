@@ -1,4 +1,5 @@
 """Table 4 from a real MLflow tracking server (loopback only): the cluster set-up of experiments/README.md."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from test_report import check_table4_cells, report_csv, tiny_sweep
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
@@ -51,11 +51,26 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(tmp / "server.log", "w")
+    log = open(tmp / "server.log", "w")  # noqa: SIM115 -- the server writes to it until the fixture ends
     proc = subprocess.Popen(
-        [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp}/srv.db", "--artifacts-destination", str(tmp / "artifacts")],
-        cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own group: stop() ends all
+        [
+            str(MLFLOW),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp}/srv.db",
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+        ],
+        cwd=tmp,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # own group: stop() ends all
     )
     try:
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
@@ -73,7 +88,7 @@ def server(tmp_path_factory):
 def test_table4_from_a_tracking_server(server):
     tmp, url = server
     tiny_sweep(tmp, url)
-    from cnet.report import fetch_runs
+    from cnet.tools.report import fetch_runs
 
     runs = fetch_runs(url, experiment="cnet-table4")
     assert len(runs) == 2 and set(runs.status) == {"FINISHED"}

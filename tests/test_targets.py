@@ -1,4 +1,5 @@
 """Corner target encoding: Gaussian radius, kernels and the worked vectors of the reference."""
+
 from __future__ import annotations
 
 import math
@@ -9,9 +10,9 @@ import torch
 from cnet.adaption.cross_star import encode_guiding_shift
 from cnet.matching.centripetal import encode_centripetal
 from cnet.targets import corner_points, draw_gaussian, encode_corners, gaussian_kernel, gaussian_radius
-from cnet.types import GroundTruth, Grid
+from cnet.types import Grid, GroundTruth
 
-# implementation_facts.md §4: s = 256, 64 x 64 output map
+# docs/implementation_facts.md §4: s = 256, 64 x 64 output map
 BOXES = torch.tensor([[23.6667, 23.8757, 238.6326, 151.8874], [123.6667, 123.8757, 138.6326, 251.8874]])
 GRID = Grid(256, 256, 64, 64)
 

@@ -1,4 +1,5 @@
 """MLflow Tracker against a throwaway SQLite store (one store per module: its init is slow)."""
+
 from __future__ import annotations
 
 import itertools
@@ -104,17 +105,15 @@ def test_resume_with_changed_param_raises(store, experiment):
 
 
 def test_resume_unknown_run_names_it(store, experiment):
-    with pytest.raises(RuntimeError, match="0123456789abcdef.*delete the checkpoint"):
+    with pytest.raises(RuntimeError, match=r"0123456789abcdef.*delete the checkpoint"):
         Tracker(store, experiment, run_id="0123456789abcdef")
 
 
 def test_exception_marks_failed_and_interrupt_killed(store, experiment):
-    with pytest.raises(RuntimeError, match="boom"):
-        with Tracker(store, experiment) as failed:
-            raise RuntimeError("boom")
-    with pytest.raises(KeyboardInterrupt):
-        with Tracker(store, experiment) as killed:
-            raise KeyboardInterrupt
+    with pytest.raises(RuntimeError, match="boom"), Tracker(store, experiment) as failed:
+        raise RuntimeError("boom")
+    with pytest.raises(KeyboardInterrupt), Tracker(store, experiment) as killed:
+        raise KeyboardInterrupt
     client = MlflowClient(store)
     assert client.get_run(failed.run_id).info.status == "FAILED"
     assert client.get_run(killed.run_id).info.status == "KILLED"
@@ -158,9 +157,8 @@ def test_experiment_created_concurrently_is_reused(store, experiment, monkeypatc
 
 
 def test_non_finite_metrics_skipped_with_warning(store, experiment):
-    with Tracker(store, experiment) as tracker:
-        with pytest.warns(UserWarning, match="nan"):
-            tracker.log_metrics({"loss": float("nan"), "ap": 0.3}, step=4)
+    with Tracker(store, experiment) as tracker, pytest.warns(UserWarning, match="nan"):
+        tracker.log_metrics({"loss": float("nan"), "ap": 0.3}, step=4)
     metrics = MlflowClient(store).get_run(tracker.run_id).data.metrics
     assert metrics == {"ap": 0.3}
 

@@ -1,4 +1,5 @@
 """`python train.py` for real: a two-job sweep tracked in MLflow, and bad input handled cleanly."""
+
 from __future__ import annotations
 
 import os
@@ -14,16 +15,27 @@ from cnet.data.synthetic import generate_synthetic
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(num_train=16, num_val=4, num_val_crowd=2, image_size=60)
 FAST = [f"data.source.{k}={v}" for k, v in SMALL.items()] + [
-    "data.train_transform.crop_size=63", "data.test_transform.pad_or=63", "schedule.epochs=1",
-    "schedule.warmup_iters=2", "trainer.batch_size=4", "trainer.progress=false", "test.corner_topk=20",
+    "data.train_transform.crop_size=63",
+    "data.test_transform.pad_or=63",
+    "schedule.epochs=1",
+    "schedule.warmup_iters=2",
+    "trainer.batch_size=4",
+    "trainer.progress=false",
+    "test.corner_topk=20",
 ]
 
 
 def run_train(args: list[str], tmp: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, CNET_CACHE_DIR=str(tmp / "cache"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def runs(tmp: Path):
@@ -46,7 +58,7 @@ def test_sweep_runs_two_jobs_tracked_with_tags_and_metrics(tmp_path):
         for k in ("bbox_AP", "bbox_AP50", "bbox_AR100", "train_det", "train_centripetal", "train_total"):
             assert r[f"metrics.{k}"] == r[f"metrics.{k}"], k  # present (not NaN)
         assert r["params.matching.mu_small"] == "0.4166666666666667"
-    guided = [r for r in records if r["tags.adaption"] == "cross_star"][0]
+    guided = next(r for r in records if r["tags.adaption"] == "cross_star")
     assert guided["metrics.train_guiding"] > 0
     client = mlflow.tracking.MlflowClient()
     arts = [a.path for a in client.list_artifacts(guided["run_id"], "hydra")]

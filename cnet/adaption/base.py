@@ -5,6 +5,7 @@ predicts from. Like a matching strategy it may own prediction layers, targets an
 (the cross-star module's guiding shift, RoI convolution's box size); the criterion calls them
 through this interface without knowing which module is active.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -38,8 +39,6 @@ class Adaption(nn.Module):
         """Targets of this module's own predictions (none by default)."""
         return {}
 
-    def loss(
-        self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
+    def loss(self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         """Unweighted loss terms keyed like ``loss_weights`` (none by default)."""
         return {}

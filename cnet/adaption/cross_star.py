@@ -5,6 +5,7 @@ the shift from the corner cell to the box centre; its *detached* output is mappe
 to the 18 offsets of a 3x3 deformable convolution over the corner-pooled feature. Detaching keeps
 the offset field from pulling the guiding shift away from its target.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,7 @@ from torchvision.ops import deform_conv2d
 
 from cnet.adaption.guided import GuidedDeformation
 from cnet.heads import kp_layer
-from cnet.targets import CornerTargets, scatter_at_corners
+from cnet.targets import CornerTargets, cell_to_center_targets
 from cnet.types import Grid
 
 
@@ -24,13 +25,7 @@ def encode_guiding_shift(corners: CornerTargets, grid: Grid) -> dict[str, Tensor
     tl: (cx - floor(tl_x), cy - floor(tl_y));  br: (floor(br_x) - cx, floor(br_y) - cy).
     Both point from the integer corner cell to the float centre, so both are positive.
     """
-    shape = (len(corners.points), 2, grid.out_h, grid.out_w)
-    tl_vals = [p.center - p.tl_int for p in corners.points]
-    br_vals = [p.br_int - p.center for p in corners.points]
-    return {
-        "tl_guiding": scatter_at_corners(tl_vals, [p.tl_int for p in corners.points], shape),
-        "br_guiding": scatter_at_corners(br_vals, [p.br_int for p in corners.points], shape),
-    }
+    return cell_to_center_targets(corners, grid, "tl_guiding", "br_guiding")
 
 
 class _CornerDeform(nn.Module):

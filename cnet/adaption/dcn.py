@@ -4,6 +4,7 @@ The offset field is learned from the corner-pooled feature itself by a 3x3 conv 
 with no supervision and no extra loss. The offset conv starts at zero, so the module starts as a
 plain 3x3 convolution and deforms only as training asks for it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,6 +23,7 @@ class _CornerDCN(nn.Module):
         self.offset = nn.Conv2d(channels, 2 * NUM_TAPS, 3, padding=1)
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         nn.init.zeros_(self.offset.weight)
+        assert self.offset.bias is not None
         nn.init.zeros_(self.offset.bias)
         nn.init.normal_(self.weight, std=0.01)  # as the cross-star module
 

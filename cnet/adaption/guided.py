@@ -5,6 +5,7 @@ that regresses a 2-channel map at the corner cells and turns it into the offsets
 deformable convolution. The per-corner branch is the subclass's; the wiring, the eval-time
 offsets (for the Fig. 7 picture) and the SmoothL1 loss at corner cells live here.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -42,9 +43,7 @@ class GuidedDeformation(Adaption):
             maps |= {"tl_dcn_offset": tl_offset, "br_dcn_offset": br_offset}
         return tl, br, maps
 
-    def loss(
-        self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
+    def loss(self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         tl_key, br_key = f"tl_{self.key}", f"br_{self.key}"
         tl = masked_smooth_l1(pred[tl_key], targets[tl_key], corners.tl_mask)
         br = masked_smooth_l1(pred[br_key], targets[br_key], corners.br_mask)

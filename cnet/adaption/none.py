@@ -1,4 +1,5 @@
 """``adaption=none``: the matching strategy reads the corner-pooled features directly."""
+
 from __future__ import annotations
 
 from torch import Tensor

@@ -10,6 +10,7 @@ points, so only its own loss trains it.
 The paper (§4.3) regresses the size "at the corners" but gives no loss weight; we use 0.05, the
 weight of the cross-star module's guiding shift, with the same SmoothL1 at corner cells.
 """
+
 from __future__ import annotations
 
 import torch
@@ -85,7 +86,9 @@ class RoIConv(GuidedDeformation):
     """
 
     def __init__(self, in_channels: int, size_weight: float = 0.05) -> None:
-        super().__init__(in_channels, "box_size", size_weight, _CornerRoI(in_channels, "tl"), _CornerRoI(in_channels, "br"))
+        super().__init__(
+            in_channels, "box_size", size_weight, _CornerRoI(in_channels, "tl"), _CornerRoI(in_channels, "br")
+        )
 
     def encode_targets(self, corners: CornerTargets, grid: Grid) -> dict[str, Tensor]:
         return encode_box_size(corners, grid)

@@ -9,12 +9,13 @@ i.e. the 18 offset channels are (dy, dx) pairs, one per tap in row-major order
 (tests/adaption/test_roi_conv.py checks this against a hand-computed result). Everything here is
 in output-map units (cells); ``inds`` are flat cell indices ``y * W + x`` as in ``Corners``.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from cnet.matching.base import gather_at
+from cnet.ops import cell_xy, gather_at
 
 KERNEL = 3
 NUM_TAPS = KERNEL * KERNEL
@@ -39,11 +40,6 @@ def xy_to_offsets(xy: Tensor) -> Tensor:
     """Inverse of :func:`offsets_to_xy`: [B, 9, 2, H, W] (dx, dy) -> [B, 18, H, W] (dy, dx) per tap."""
     b, _, _, h, w = xy.shape
     return xy.flip(2).reshape(b, 2 * NUM_TAPS, h, w)
-
-
-def cell_xy(inds: Tensor, width: int) -> Tensor:
-    """Flat cell indices [B, K] -> integer cell positions [B, K, 2] (x, y) as floats."""
-    return torch.stack([inds % width, torch.div(inds, width, rounding_mode="floor")], dim=-1).float()
 
 
 def regular_locations(inds: Tensor, width: int) -> Tensor:

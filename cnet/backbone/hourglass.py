@@ -1,10 +1,11 @@
 """Stacked HourglassNet backbone of CornerNet / CentripetalNet (HG-104 with the defaults).
 
-Topology follows implementation_facts.md §1 (CornerNet ``kp`` = mmdet ``HourglassNet``):
+Topology follows docs/implementation_facts.md §1 (CornerNet ``kp`` = mmdet ``HourglassNet``):
 a stride-4 stem, ``num_stacks`` recursive hourglass modules built from BasicBlock residuals,
 a 3x3 output conv per stack and a 1x1 join between consecutive stacks. Every stack's output
 is returned so the detector can supervise each one (intermediate supervision).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -12,21 +13,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-            relu: bool = True) -> nn.Sequential:
-    """Conv (no bias, 'same' padding) + BatchNorm (+ ReLU): [B, Cin, H, W] -> [B, Cout, H/s, W/s].
-
-    The conv has no bias because the BN that follows has one.
-    """
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                  padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-    ]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+from cnet.ops import conv_bn
 
 
 class BasicBlock(nn.Module):
@@ -42,7 +29,8 @@ class BasicBlock(nn.Module):
         self.conv2 = conv_bn(out_channels, out_channels, 3, relu=False)
         self.skip: nn.Module = (
             conv_bn(in_channels, out_channels, 1, stride=stride, relu=False)
-            if stride != 1 or in_channels != out_channels else nn.Identity()
+            if stride != 1 or in_channels != out_channels
+            else nn.Identity()
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -57,8 +45,7 @@ def _blocks(in_channels: int, out_channels: int, num_blocks: int, stride: int = 
     """BasicBlocks whose first one changes channels and applies the stride (mmdet
     ``downsample_first=True``): [B, Cin, H, W] -> [B, Cout, ceil(H/s), ceil(W/s)]."""
     chans = [in_channels] + [out_channels] * num_blocks
-    return nn.Sequential(*(BasicBlock(chans[i], chans[i + 1], stride if i == 0 else 1)
-                           for i in range(num_blocks)))
+    return nn.Sequential(*(BasicBlock(chans[i], chans[i + 1], stride if i == 0 else 1) for i in range(num_blocks)))
 
 
 def _blocks_revr(in_channels: int, out_channels: int, num_blocks: int) -> nn.Sequential:
@@ -78,8 +65,7 @@ class HourglassModule(nn.Module):
     keeps odd sizes working (e.g. 25 -> 13 -> 25).
     """
 
-    def __init__(self, depth: int, stage_channels: Sequence[int],
-                 stage_blocks: Sequence[int]) -> None:
+    def __init__(self, depth: int, stage_channels: Sequence[int], stage_blocks: Sequence[int]) -> None:
         super().__init__()
         c0, c1 = stage_channels[0], stage_channels[1]
         n0 = stage_blocks[0]
@@ -87,7 +73,8 @@ class HourglassModule(nn.Module):
         self.low1 = _blocks(c0, c1, n0, stride=2)
         self.low2: nn.Module = (
             HourglassModule(depth - 1, stage_channels[1:], stage_blocks[1:])
-            if depth > 1 else _blocks(c1, c1, stage_blocks[1])
+            if depth > 1
+            else _blocks(c1, c1, stage_blocks[1])
         )
         self.low3 = _blocks_revr(c1, c0, n0)
 
@@ -117,10 +104,14 @@ class HourglassNet(nn.Module):
     every conv) and CornerNet; no pretraining.
     """
 
-    def __init__(self, num_stacks: int = 2,
-                 stage_channels: Sequence[int] = (256, 256, 384, 384, 384, 512),
-                 stage_blocks: Sequence[int] = (2, 2, 2, 2, 2, 4),
-                 stem_channels: int = 128, feat_channels: int = 256) -> None:
+    def __init__(
+        self,
+        num_stacks: int = 2,
+        stage_channels: Sequence[int] = (256, 256, 384, 384, 384, 512),
+        stage_blocks: Sequence[int] = (2, 2, 2, 2, 2, 4),
+        stem_channels: int = 128,
+        feat_channels: int = 256,
+    ) -> None:
         super().__init__()
         stage_channels, stage_blocks = tuple(stage_channels), tuple(stage_blocks)
         if num_stacks < 1:
@@ -128,28 +119,29 @@ class HourglassNet(nn.Module):
         if len(stage_channels) < 2 or len(stage_channels) != len(stage_blocks):
             raise ValueError(
                 "HourglassNet: stage_channels and stage_blocks need the same length >= 2, got "
-                f"{len(stage_channels)} and {len(stage_blocks)}")
+                f"{len(stage_channels)} and {len(stage_blocks)}"
+            )
         if min(stage_blocks) < 1 or min(stage_channels) < 1:
-            raise ValueError(f"HourglassNet: stage_channels {stage_channels} and stage_blocks "
-                             f"{stage_blocks} must all be >= 1")
+            raise ValueError(
+                f"HourglassNet: stage_channels {stage_channels} and stage_blocks {stage_blocks} must all be >= 1"
+            )
         self.num_stacks = num_stacks
         self.out_channels = feat_channels
         c0 = stage_channels[0]
         depth = len(stage_channels) - 1
 
         self.stem = nn.Sequential(
-            conv_bn(3, stem_channels, 7, stride=2),   # stride 2
+            conv_bn(3, stem_channels, 7, stride=2),  # stride 2
             BasicBlock(stem_channels, c0, stride=2),  # stride 4
         )
         self.hourglasses = nn.ModuleList(
-            HourglassModule(depth, stage_channels, stage_blocks) for _ in range(num_stacks))
+            HourglassModule(depth, stage_channels, stage_blocks) for _ in range(num_stacks)
+        )
         self.out_convs = nn.ModuleList(conv_bn(c0, feat_channels, 3) for _ in range(num_stacks))
         # Join between stacks: the next hourglass reads c0 channels, the output has feat_channels,
         # so only the remap conv sees feat_channels (they are equal, 256, in HG-104).
-        self.inter_convs = nn.ModuleList(
-            conv_bn(c0, c0, 1, relu=False) for _ in range(num_stacks - 1))
-        self.remap_convs = nn.ModuleList(
-            conv_bn(feat_channels, c0, 1, relu=False) for _ in range(num_stacks - 1))
+        self.inter_convs = nn.ModuleList(conv_bn(c0, c0, 1, relu=False) for _ in range(num_stacks - 1))
+        self.remap_convs = nn.ModuleList(conv_bn(feat_channels, c0, 1, relu=False) for _ in range(num_stacks - 1))
         self.inters = nn.ModuleList(BasicBlock(c0, c0) for _ in range(num_stacks - 1))
 
     def forward(self, x: Tensor) -> list[Tensor]:

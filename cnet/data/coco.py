@@ -4,6 +4,7 @@ Annotations are read with pycocotools. Crowd annotations (``iscrowd=1``) never b
 COCOeval scorer reads them from ``dataset.coco``); boxes with ``w < 1`` or ``h < 1`` are dropped.
 Category ids (COCO: 1..90 with gaps) map to contiguous labels ``0..num_classes-1`` in sorted-id order.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,11 +52,15 @@ class CocoDetection(torch.utils.data.Dataset):
         self.img_dir = Path(img_dir).expanduser()
         self.ann_file = Path(ann_file).expanduser()
         if not self.ann_file.is_file():
-            raise FileNotFoundError(f"annotation file {self.ann_file} not found; set data.root=/path/to/coco "
-                                    f"(expects the annotation JSON {self.ann_file.name} under the configured layout)")
+            raise FileNotFoundError(
+                f"annotation file {self.ann_file} not found; set data.root=/path/to/coco "
+                f"(expects the annotation JSON {self.ann_file.name} under the configured layout)"
+            )
         if not self.img_dir.is_dir():
-            raise FileNotFoundError(f"image folder {self.img_dir} not found; set data.root=/path/to/coco "
-                                    f"(expects the images in {self.img_dir.name}/ under the configured layout)")
+            raise FileNotFoundError(
+                f"image folder {self.img_dir} not found; set data.root=/path/to/coco "
+                f"(expects the images in {self.img_dir.name}/ under the configured layout)"
+            )
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             try:
                 self.coco = COCO(str(self.ann_file))
@@ -87,8 +92,10 @@ class CocoDetection(torch.utils.data.Dataset):
                 self.num_degenerate += 1
                 continue
             if ann["category_id"] not in self.cat_id_to_label:
-                raise ValueError(f"{self.ann_file}: annotation {ann.get('id')} has category_id "
-                                 f"{ann['category_id']} missing from 'categories'; fix the annotation file")
+                raise ValueError(
+                    f"{self.ann_file}: annotation {ann.get('id')} has category_id "
+                    f"{ann['category_id']} missing from 'categories'; fix the annotation file"
+                )
             boxes.append([x, y, x + w, y + h])
             labels.append(self.cat_id_to_label[ann["category_id"]])
         return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
@@ -145,8 +152,12 @@ class CocoData:
         self.filter_empty_train = bool(filter_empty_train)
         self.seed = int(seed)
         layout = f"{train_images}/, {train_ann}, {val_images}/, {val_ann}"
-        for path, is_dir in ((self.train_images, True), (self.train_ann, False),
-                             (self.val_images, True), (self.val_ann, False)):
+        for path, is_dir in (
+            (self.train_images, True),
+            (self.train_ann, False),
+            (self.val_images, True),
+            (self.val_ann, False),
+        ):
             if not (path.is_dir() if is_dir else path.is_file()):
                 raise FileNotFoundError(f"{path} not found; set data.root=/path/to/coco (expects {layout} under it)")
 
@@ -182,5 +193,12 @@ class SyntheticData(CocoData):
             raise ValueError(f"data.source.val_split={val_split!r} is not one of {list(self.VAL_SPLITS)}")
         self.val_split = val_split
         root = generate_synthetic(cache_dir, seed, num_train, num_val, num_val_crowd, image_size)
-        super().__init__(str(root), "images", "instances_train.json", "images",
-                         f"instances_{val_split}.json", filter_empty_train=True, seed=seed)
+        super().__init__(
+            str(root),
+            "images",
+            "instances_train.json",
+            "images",
+            f"instances_{val_split}.json",
+            filter_empty_train=True,
+            seed=seed,
+        )

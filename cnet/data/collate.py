@@ -1,9 +1,9 @@
 """Batch collation for the detection datasets."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from cnet.types import GroundTruth, ImageMeta

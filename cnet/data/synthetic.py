@@ -18,6 +18,7 @@ shape may hide part of an earlier one.
 About 5% of the images also carry one ``iscrowd=1`` region of tiny shapes whose segmentation is an
 uncompressed column-major RLE of exactly the visible tiny-shape pixels.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -67,8 +68,14 @@ def generate_synthetic(
         raise ValueError(f"synthetic image_size={image_size} is too small; use image_size >= 48")
     if min(num_train, num_val, num_val_crowd) < 1:
         raise ValueError("synthetic num_train, num_val and num_val_crowd must all be >= 1")
-    params = {"version": GENERATOR_VERSION, "seed": seed, "num_train": num_train,
-              "num_val": num_val, "num_val_crowd": num_val_crowd, "image_size": image_size}
+    params = {
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "num_train": num_train,
+        "num_val": num_val,
+        "num_val_crowd": num_val_crowd,
+        "image_size": image_size,
+    }
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     cache_dir = Path(cache_dir).expanduser()
     final = cache_dir / f"synthetic-{key}"
@@ -102,7 +109,8 @@ def _generate_split(image_dir: Path, split: str, num: int, seed: int, image_size
     num_lookalike = num if split == "val_crowd" else math.ceil(LOOKALIKE_FRACTION * num)
     lookalike = set(plan.permutation(num)[:num_lookalike].tolist())
     with_crowd = set(plan.permutation(num)[: math.ceil(CROWD_ANN_FRACTION * num)].tolist())
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for k in range(num):
         rng = np.random.default_rng([seed, code, 1, k])
         kind = "lookalike_crowd" if k in lookalike else "normal"
@@ -110,18 +118,26 @@ def _generate_split(image_dir: Path, split: str, num: int, seed: int, image_size
         image_id = code * _IMAGE_ID_OFFSET + k + 1
         file_name = f"{split}_{k:05d}.png"
         Image.fromarray(pixels).save(image_dir / file_name, compress_level=1)
-        images.append({"id": image_id, "file_name": file_name, "height": image_size,
-                       "width": image_size, "scene": kind})
+        images.append(
+            {"id": image_id, "file_name": file_name, "height": image_size, "width": image_size, "scene": kind}
+        )
         for ann in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
-    return {"info": {"description": f"cnet synthetic shapes, split {split}, seed {seed}",
-                     "version": str(GENERATOR_VERSION)},
-            "licenses": [], "images": images, "annotations": annotations,
-            "categories": [dict(c) for c in CATEGORIES]}
+    return {
+        "info": {
+            "description": f"cnet synthetic shapes, split {split}, seed {seed}",
+            "version": str(GENERATOR_VERSION),
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [dict(c) for c in CATEGORIES],
+    }
 
 
 def _shape_polygon(cls: int, cx: float, cy: float, w: float, h: float) -> np.ndarray:
     """Vertices [V, 2] (x, y) of class ``cls`` centred at (cx, cy) with tight box w x h."""
+    unit: list[tuple[float, float]] | np.ndarray
     if cls == 0:  # square
         unit = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
     elif cls == 1:  # disk: 24-gon whose vertices include the 4 extreme points
@@ -146,8 +162,9 @@ def _rasterize(poly: np.ndarray, size: int) -> np.ndarray:
     px, py = np.meshgrid(np.arange(x0, x1) + 0.5001, np.arange(y0, y1) + 0.5001)
     edges = np.concatenate([poly[1:], poly[:1]]) - poly
     # cross(edge, p - v) has the sign of the polygon's orientation for every interior point
-    cross = edges[:, 0, None, None] * (py - poly[:, 1, None, None]) \
-        - edges[:, 1, None, None] * (px - poly[:, 0, None, None])
+    cross = edges[:, 0, None, None] * (py - poly[:, 1, None, None]) - edges[:, 1, None, None] * (
+        px - poly[:, 0, None, None]
+    )
     orientation = np.sign(edges[0, 0] * edges[1, 1] - edges[0, 1] * edges[1, 0])  # convex: any turn
     mask = np.zeros((size, size), dtype=bool)
     mask[y0:y1, x0:x1] = np.all(cross * orientation > 0, axis=0)
@@ -244,6 +261,7 @@ def _lookalike_objects(rng: np.random.Generator, size: int, avoid: np.ndarray | 
             best, best_overlap = (ox, oy), overlap
         if overlap == 0.0:
             break
+    assert best is not None  # the search above always keeps a placement
     cells = np.sort(rng.permutation(rows * cols)[:num])
     objects = []
     for cell in cells:
@@ -296,15 +314,27 @@ def _render_scene(rng: np.random.Generator, kind: str, with_crowd: bool, size: i
         canvas[_outline(mask)] = 0.7 * colours[i]  # a darker rim keeps same-colour neighbours separable
         covered |= mask
         (x0, y0), (x1, y1) = poly.min(0), poly.max(0)
-        anns.append({"category_id": CATEGORIES[cls]["id"],
-                     "bbox": [round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
-                     "area": round(_polygon_area(poly), 2),
-                     "segmentation": [[float(v) for v in poly.reshape(-1)]], "iscrowd": 0})
+        anns.append(
+            {
+                "category_id": CATEGORIES[cls]["id"],
+                "bbox": [round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
+                "area": round(_polygon_area(poly), 2),
+                "segmentation": [[float(v) for v in poly.reshape(-1)]],
+                "iscrowd": 0,
+            }
+        )
     if crowd is not None:
         visible = crowd[1] & ~covered
         if visible.sum() >= 4:
             ys, xs = np.nonzero(visible)
             bbox = [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())]
-            anns.append({"category_id": CATEGORIES[crowd[0]]["id"], "bbox": bbox, "area": float(visible.sum()),
-                         "segmentation": {"counts": _rle_counts(visible), "size": [size, size]}, "iscrowd": 1})
+            anns.append(
+                {
+                    "category_id": CATEGORIES[crowd[0]]["id"],
+                    "bbox": bbox,
+                    "area": float(visible.sum()),
+                    "segmentation": {"counts": _rle_counts(visible), "size": [size, size]},
+                    "iscrowd": 1,
+                }
+            )
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), anns

@@ -4,6 +4,7 @@ Images enter as ``np.ndarray [H, W, 3] uint8 RGB``; boxes as ``[N, 4] float32 xy
 Transforms return ``(image [3, H', W'] float32 normalized RGB, GroundTruth, ImageMeta)`` with boxes in
 network-input pixels. ``ImageMeta.image_id`` is -1 here; the dataset fills it in.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -157,8 +158,9 @@ class TrainTransform:
         if rng.random() < self.flip_prob:
             t = t.flip(-1)
             gt_boxes = torch.stack([s - gt_boxes[:, 2], gt_boxes[:, 1], s - gt_boxes[:, 0], gt_boxes[:, 3]], 1)
-        meta = ImageMeta(image_id=-1, orig_size=(h, w), input_size=(s, s),
-                         border=(shift_y * scale, shift_x * scale), scale=scale)
+        meta = ImageMeta(
+            image_id=-1, orig_size=(h, w), input_size=(s, s), border=(shift_y * scale, shift_x * scale), scale=scale
+        )
         return t.contiguous(), GroundTruth(gt_boxes.reshape(-1, 4), torch.from_numpy(labels)), meta
 
     def _choose_crop(self, h: int, w: int, boxes: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:
@@ -190,7 +192,7 @@ class TrainTransform:
         canvas[:] = self.mean.numpy()
         shift_x, shift_y = half - cx, half - cy
         if x1 > x0 and y1 > y0:
-            canvas[y0 + shift_y:y1 + shift_y, x0 + shift_x:x1 + shift_x] = img[y0:y1, x0:x1]
+            canvas[y0 + shift_y : y1 + shift_y, x0 + shift_x : x1 + shift_x] = img[y0:y1, x0:x1]
         return canvas, shift_x, shift_y
 
 
@@ -217,23 +219,12 @@ class TestTransform:
         in_h, in_w = h | self.pad_or, w | self.pad_or
         top, left = in_h // 2 - h // 2, in_w // 2 - w // 2  # mmdet: image centre at the input centre
         out = torch.zeros(3, in_h, in_w)
-        out[:, top:top + h, left:left + w] = _normalize(image, self.mean, self.std)
-        gt_boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4) + [left, top, left, top],
-                                   dtype=torch.float32)
+        out[:, top : top + h, left : left + w] = _normalize(image, self.mean, self.std)
+        gt_boxes = torch.as_tensor(
+            np.asarray(boxes, dtype=np.float32).reshape(-1, 4) + [left, top, left, top], dtype=torch.float32
+        )
         gt_labels = torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1))
-        meta = ImageMeta(image_id=-1, orig_size=(h, w), input_size=(in_h, in_w),
-                         border=(float(top), float(left)), scale=1.0)
+        meta = ImageMeta(
+            image_id=-1, orig_size=(h, w), input_size=(in_h, in_w), border=(float(top), float(left)), scale=1.0
+        )
         return out, GroundTruth(gt_boxes, gt_labels), meta
-
-
-def unpad_boxes(boxes: Tensor, meta: ImageMeta) -> Tensor:
-    """Map xyxy boxes [N, 4] from network-input pixels back to original-image pixels.
-
-    Inverse of the test transform: ``x_orig = (x_in - left) / scale``, likewise y with ``top``;
-    the result is clipped to ``[0, W] x [0, H]`` of ``meta.orig_size``.
-    """
-    top, left = meta.border
-    h, w = meta.orig_size
-    x = ((boxes[:, 0::2] - left) / meta.scale).clamp(0, w)
-    y = ((boxes[:, 1::2] - top) / meta.scale).clamp(0, h)
-    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], 1)

@@ -1,4 +1,5 @@
 """COCO evaluation: result conversion, COCOeval wrapper, result files and tables."""
+
 from cnet.evaluation.coco_eval import (
     IOU_TYPES,
     METRIC_NAMES,

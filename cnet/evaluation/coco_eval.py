@@ -3,6 +3,7 @@
 COCO results are dicts ``{image_id, category_id, bbox: [x, y, w, h], score}`` (plus
 ``segmentation`` for ``iou_type="segm"``), boxes in original-image pixels.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +21,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-if TYPE_CHECKING:  # keeps `python -m cnet.evaluate` free of the torch import
+if TYPE_CHECKING:  # keeps `python -m cnet.tools.evaluate` free of the torch import
     from cnet.types import Detections
 
 # Order of COCOeval.stats for iou_type bbox/segm with maxDets (1, 10, 100).

@@ -7,6 +7,7 @@ separates object means in (``ae_pull_push`` uses L2 for D > 1): a test in anothe
 per-axis |.|) would accept pairs the loss never learned to keep apart. For D = 1, L2 reduces to
 CornerNet's |e_tl - e_br|, so ``ae1d`` and ``ae2d`` differ only in D.
 """
+
 from __future__ import annotations
 
 from cnet.matching.embedding import AssociativeEmbedding

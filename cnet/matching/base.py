@@ -5,6 +5,7 @@ its prediction layers, its target encoding, its loss terms and its pairing rule.
 the criterion and the post-processor call only the methods below, so adding a strategy never
 touches them.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -15,13 +16,6 @@ from torch import Tensor, nn
 from cnet.heads import CornerFeatures
 from cnet.targets import CornerTargets
 from cnet.types import Corners, Grid
-
-
-def gather_at(maps: Tensor, inds: Tensor) -> Tensor:
-    """Values of ``maps`` [B, D, H, W] at flat cell indices ``inds`` [B, K] -> [B, K, D]."""
-    b, d = maps.shape[:2]
-    flat = maps.reshape(b, d, -1)  # [B, D, HW]
-    return flat.gather(2, inds[:, None, :].expand(b, d, inds.shape[1])).permute(0, 2, 1)
 
 
 class Matching(nn.Module, ABC):
@@ -56,21 +50,15 @@ class Matching(nn.Module, ABC):
         """Targets for this strategy's maps, from the shared corner targets (pure, no grad)."""
 
     @abstractmethod
-    def loss(
-        self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
+    def loss(self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         """Unweighted loss terms (scalars) keyed like ``loss_weights``."""
 
     @abstractmethod
-    def targets_as_predictions(
-        self, targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
+    def targets_as_predictions(self, targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         """Perfect predictions built from the targets (round-trip tests, oracle studies)."""
 
     @abstractmethod
-    def pair(
-        self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, dict[str, Tensor]]:
         """Score all K x K corner pairs.
 
         Returns ``scores`` [B, K, K] (tl on dim 1, br on dim 2) in [0, 1], with -1 for rejected

@@ -5,13 +5,14 @@ from centre-pooled backbone features, with sub-cell centre offsets.
 Targets (output-map units): a Gaussian at the centre cell floor((tl + br) / 2) of each box, sized
 like the corners' (``gaussian_radius`` on the box size in cells, max-merge), and the centre's
 sub-cell offset at that cell.
-Pairing (implementation_facts.md §11): a pair first passes the associative-embedding rule (same
+Pairing (docs/implementation_facts.md §11): a pair first passes the associative-embedding rule (same
 class, br right of and below tl, |e_tl - e_br| <= threshold); it is then kept only if one of the
 top-k centre keypoints *of its class* lies strictly inside its central region
     x in ( ((n+1) x1 + (n-1) x2) / 2n , ((n-1) x1 + (n+1) x2) / 2n ),  same for y,
 with n = 3 for boxes of area <= 22500 input px^2 and n = 5 otherwise; its score becomes
 (2 * (s_tl + s_br) / 2 + s_center) / 3 with the best such centre's score, and -1 otherwise.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,18 +22,13 @@ from cnet.center_pool import CenterPool
 from cnet.heads import CornerFeatures, init_heatmap_bias, kp_layer
 from cnet.losses import corner_focal_loss, masked_smooth_l1
 from cnet.matching.embedding import AssociativeEmbedding, embedding_pairs_ok
-from cnet.postprocess import local_maxima, topk_corners
+from cnet.ops import heat_to_logit, local_maxima, topk_cells
 from cnet.targets import CornerTargets, draw_gaussian, gaussian_radius
 from cnet.types import Corners, Grid
 
-# logit of a probability target must stay finite
-_LOGIT_EPS = 1e-6
-
 
 @torch.no_grad()
-def encode_center_targets(
-    corners: CornerTargets, grid: Grid, min_overlap: float = 0.3
-) -> dict[str, Tensor]:
+def encode_center_targets(corners: CornerTargets, grid: Grid, min_overlap: float = 0.3) -> dict[str, Tensor]:
     """Centre-keypoint targets of a batch, from the shared per-object corner points.
 
     Returns ``ct_heat`` [B, C, H, W] (Gaussian max-merged per class, 1 exactly at centre cells),
@@ -58,13 +54,13 @@ def encode_center_targets(
     return {"ct_heat": ct_heat, "ct_off": ct_off, "ct_mask": ct_mask}
 
 
-def decode_centers(ct_heat: Tensor, ct_off: Tensor, k: int, kernel: int = 3) -> Corners:
+def center_keypoints(ct_heat: Tensor, ct_off: Tensor, k: int, kernel: int = 3) -> Corners:
     """Top-k centre keypoints: ct_heat [B, C, H, W] logits, ct_off [B, 2, H, W] -> Corners [B, Kc].
 
     sigmoid -> k x k local maxima -> top-k over classes and cells; position = cell + offset
     (output-map units), class = heatmap channel.
     """
-    return topk_corners(local_maxima(ct_heat.sigmoid(), kernel), ct_off, k)
+    return Corners(*topk_cells(local_maxima(ct_heat.sigmoid(), kernel), ct_off, k))
 
 
 def center_region_scores(
@@ -94,9 +90,7 @@ def center_region_scores(
     cy = (centers.ys * ry)[:, None, None, :]
     same_class = tl.classes[:, :, None, None] == centers.classes[:, None, None, :]  # [B, K, 1, Kc]
     inside = (
-        same_class
-        & (cx > lx[..., None]) & (cx < hx[..., None])
-        & (cy > ly[..., None]) & (cy < hy[..., None])
+        same_class & (cx > lx[..., None]) & (cx < hx[..., None]) & (cy > ly[..., None]) & (cy < hy[..., None])
     )  # [B, K, K, Kc]
     ct_scores = centers.scores[:, None, None, :].expand_as(inside)
     return torch.where(inside, ct_scores, torch.full_like(ct_scores, -1.0)).amax(dim=-1)
@@ -156,7 +150,8 @@ class CenterHeatmap(AssociativeEmbedding):
     @property
     def loss_weights(self) -> dict[str, float]:
         return super().loss_weights | {
-            "center_det": self._center_det_weight, "center_off": self._center_off_weight,
+            "center_det": self._center_det_weight,
+            "center_off": self._center_off_weight,
         }
 
     def forward(self, feats: CornerFeatures) -> dict[str, Tensor]:
@@ -166,26 +161,21 @@ class CenterHeatmap(AssociativeEmbedding):
     def encode_targets(self, corners: CornerTargets, grid: Grid) -> dict[str, Tensor]:
         return super().encode_targets(corners, grid) | encode_center_targets(corners, grid, self.min_overlap)
 
-    def loss(
-        self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
+    def loss(self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         det = corner_focal_loss(pred["ct_heat"], targets["ct_heat"])
         off = masked_smooth_l1(pred["ct_off"], targets["ct_off"], targets["ct_mask"], min_norm=1)
         return super().loss(pred, targets, corners) | {"center_det": det, "center_off": off}
 
-    def targets_as_predictions(
-        self, targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
-        ct_logits = torch.logit(targets["ct_heat"].clamp(_LOGIT_EPS, 1 - _LOGIT_EPS))
+    def targets_as_predictions(self, targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
+        ct_logits = heat_to_logit(targets["ct_heat"])
         return super().targets_as_predictions(targets, corners) | {
-            "ct_heat": ct_logits, "ct_off": targets["ct_off"],
+            "ct_heat": ct_logits,
+            "ct_off": targets["ct_off"],
         }
 
-    def pair(
-        self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, dict[str, Tensor]]:
         ok, _ = embedding_pairs_ok(pred["tl_emb"], pred["br_emb"], tl, br, self.threshold)
-        centers = decode_centers(pred["ct_heat"], pred["ct_off"], self.center_topk)
+        centers = center_keypoints(pred["ct_heat"], pred["ct_off"], self.center_topk)
         ct_score = center_region_scores(
             tl, br, centers, grid, self.area_threshold, self.n_small, self.n_large
         )  # [B, K, K], -1 where no centre

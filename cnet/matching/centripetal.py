@@ -5,15 +5,18 @@ Targets (Eq. 1, output-map units, measured from the float corner to the float ce
 Pairing (Eqs. 3-5): a pair is kept when both decoded centres fall strictly inside the central
 region of the box it spans; the score is re-weighted by how close the two centres are.
 """
+
 from __future__ import annotations
 
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from cnet.heads import CornerFeatures, kp_layer
 from cnet.losses import masked_smooth_l1
-from cnet.matching.base import Matching, gather_at
+from cnet.matching.base import Matching
+from cnet.ops import gather_at
 from cnet.targets import CornerTargets, scatter_at_corners
 from cnet.types import Corners, Grid
 
@@ -35,7 +38,7 @@ def encode_centripetal(corners: CornerTargets, grid: Grid) -> dict[str, Tensor]:
     }
 
 
-def decode_centers(tl: Corners, br: Corners, tl_cs: Tensor, br_cs: Tensor) -> tuple[Tensor, Tensor]:
+def centers_from_shifts(tl: Corners, br: Corners, tl_cs: Tensor, br_cs: Tensor) -> tuple[Tensor, Tensor]:
     """Centres implied by each corner, output-map units: tl + e^cs, br - e^cs -> [B, K, 2] each."""
     tl_xy = torch.stack([tl.xs, tl.ys], dim=-1)
     br_xy = torch.stack([br.xs, br.ys], dim=-1)
@@ -71,8 +74,7 @@ def central_region_rule(
     tcx, tcy = tl_ct[..., 0][:, :, None] * rx, tl_ct[..., 1][:, :, None] * ry  # [B, K, 1]
     bcx, bcy = br_ct[..., 0][:, None, :] * rx, br_ct[..., 1][:, None, :] * ry  # [B, 1, K]
     inside = (
-        (tcx > rx1) & (tcx < rx2) & (tcy > ry1) & (tcy < ry2)
-        & (bcx > rx1) & (bcx < rx2) & (bcy > ry1) & (bcy < ry2)
+        (tcx > rx1) & (tcx < rx2) & (tcy > ry1) & (tcy < ry2) & (bcx > rx1) & (bcx < rx2) & (bcy > ry1) & (bcy < ry2)
     )
     dist = (bcx - tcx).abs() * (bcy - tcy).abs()
     region_area = ((rx2 - rx1) * (ry2 - ry1)).abs()
@@ -82,7 +84,7 @@ def central_region_rule(
 class CentralRegionMatching(Matching):
     """Pairs corners whose decoded centres both fall in the box's central region (Eqs. 3-5).
 
-    Subclasses say how a corner decodes its centre (``decode_centers``); the pairing rule, its
+    Subclasses say how a corner decodes its centre (``implied_centers``); the pairing rule, its
     paper/mmdet/authors variants and the score are shared here.
 
     Args:
@@ -118,16 +120,12 @@ class CentralRegionMatching(Matching):
         self.max_center_ratio = max_center_ratio
         self._loss_weight = loss_weight
 
-    def decode_centers(
-        self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid
-    ) -> tuple[Tensor, Tensor]:
+    def implied_centers(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, Tensor]:
         """Centres [B, K, 2] (output-map units) implied by each top-left and bottom-right corner."""
         raise NotImplementedError
 
-    def pair(
-        self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        tl_ct, br_ct = self.decode_centers(pred, tl, br, grid)
+    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, dict[str, Tensor]]:
+        tl_ct, br_ct = self.implied_centers(pred, tl, br, grid)
         inside, dist, region_area = central_region_rule(
             tl, br, tl_ct, br_ct, grid, self.mu_large, self.mu_small, self.area_threshold
         )
@@ -148,7 +146,7 @@ class Centripetal(CentralRegionMatching):
     Arguments as ``CentralRegionMatching``; ``loss_weight`` weighs the centripetal loss.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, **rule: float | bool | None) -> None:
+    def __init__(self, in_channels: int, num_classes: int, **rule: Any) -> None:
         super().__init__(in_channels, num_classes, **rule)
         self.tl_cs = kp_layer(in_channels, 2)
         self.br_cs = kp_layer(in_channels, 2)
@@ -163,21 +161,15 @@ class Centripetal(CentralRegionMatching):
     def encode_targets(self, corners: CornerTargets, grid: Grid) -> dict[str, Tensor]:
         return encode_centripetal(corners, grid)
 
-    def loss(
-        self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
+    def loss(self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         tl = masked_smooth_l1(pred["tl_cs"], targets["tl_cs"], corners.tl_mask)
         br = masked_smooth_l1(pred["br_cs"], targets["br_cs"], corners.br_mask)
         return {"centripetal": (tl + br) / 2}
 
-    def targets_as_predictions(
-        self, targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
+    def targets_as_predictions(self, targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         return {"tl_cs": targets["tl_cs"], "br_cs": targets["br_cs"]}
 
-    def decode_centers(
-        self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid
-    ) -> tuple[Tensor, Tensor]:
+    def implied_centers(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, Tensor]:
         tl_cs = gather_at(pred["tl_cs"], tl.inds)  # [B, K, 2]
         br_cs = gather_at(pred["br_cs"], br.inds)
-        return decode_centers(tl, br, tl_cs, br_cs)
+        return centers_from_shifts(tl, br, tl_cs, br_cs)

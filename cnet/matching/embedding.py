@@ -19,6 +19,7 @@ Reusable by other strategies (e.g. a CenterNet-style centre-keypoint check on to
   keys ``pull``/``push``, arithmetic-mean pair score; subclasses may extend ``pair`` by calling
   ``super().pair`` and rejecting more pairs (score -1).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,8 @@ from torch import Tensor
 
 from cnet.heads import CornerFeatures, kp_layer
 from cnet.losses import ae_pull_push
-from cnet.matching.base import Matching, gather_at
+from cnet.matching.base import Matching
+from cnet.ops import gather_at
 from cnet.targets import CornerTargets
 from cnet.types import Corners, Grid
 
@@ -101,9 +103,7 @@ def embedding_pairs_ok(
 
 
 @torch.no_grad()
-def perfect_embeddings(
-    targets: dict[str, Tensor], dim: int, height: int, width: int
-) -> tuple[Tensor, Tensor]:
+def perfect_embeddings(targets: dict[str, Tensor], dim: int, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Oracle maps [B, D, H, W]: object k's two corners hold (2k, 0, ...), zero elsewhere.
 
     Different objects differ by >= 2 > threshold, so only true pairs survive. Objects that
@@ -164,22 +164,16 @@ class AssociativeEmbedding(Matching):
     def encode_targets(self, corners: CornerTargets, grid: Grid) -> dict[str, Tensor]:
         return encode_embedding_targets(corners)
 
-    def loss(
-        self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
+    def loss(self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         pull, push = embedding_loss(pred["tl_emb"], pred["br_emb"], targets, self.margin)
         return {"pull": pull, "push": push}
 
-    def targets_as_predictions(
-        self, targets: dict[str, Tensor], corners: CornerTargets
-    ) -> dict[str, Tensor]:
+    def targets_as_predictions(self, targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         h, w = corners.tl_heat.shape[-2:]
         tl_map, br_map = perfect_embeddings(targets, self.dim, int(h), int(w))
         return {"tl_emb": tl_map, "br_emb": br_map}
 
-    def pair(
-        self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, dict[str, Tensor]]:
         ok, _ = embedding_pairs_ok(pred["tl_emb"], pred["br_emb"], tl, br, self.threshold)
         scores = self.mean_score(tl, br, geometric=False)  # CornerNet: (s_tl + s_br) / 2
         return torch.where(ok, scores, torch.full_like(scores, -1.0)), {}

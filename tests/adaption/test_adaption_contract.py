@@ -4,29 +4,26 @@ Shape kept; the Fig. 7 offsets in eval mode for every option that changes featur
 reach every parameter through the adapted features plus the option's own weighted loss; every
 adaption composes with every matching strategy into a detector that trains one step.
 """
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from cnet.backbone import HourglassNet
+from cnet.compose import group_options, option_factory
 from cnet.criterion import Criterion
 from cnet.detector import CornerDetector
 from cnet.targets import encode_corners
-from cnet.types import GroundTruth, Grid
+from cnet.types import Grid, GroundTruth
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-ADAPTIONS = sorted(p.stem for p in (CONF / "adaption").glob("*.yaml"))
-MATCHINGS = sorted(p.stem for p in (CONF / "matching").glob("*.yaml"))
+ADAPTIONS = group_options("adaption")
+MATCHINGS = group_options("matching")
 C, H, W = 8, 12, 12
 
 
 def factory(group: str, name: str):
-    return instantiate(OmegaConf.load(CONF / group / f"{name}.yaml"))
+    return option_factory(group, name)
 
 
 def pools(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +84,7 @@ def test_gradients_reach_every_parameter(name):
 @pytest.mark.parametrize("name", ADAPTIONS)
 def test_own_losses_are_zero_without_objects(name):
     a = factory("adaption", name)(in_channels=C).train()
-    tl, br, maps = a(*pools())
+    _tl, _br, maps = a(*pools())
     grid = Grid(4 * H, 4 * W, H, W)
     corners = encode_corners([GroundTruth.empty(), GroundTruth.empty()], grid, 2)
     losses = a.loss(maps, a.encode_targets(corners, grid), corners)
@@ -98,7 +95,9 @@ def test_own_losses_are_zero_without_objects(name):
 @pytest.mark.parametrize("adaption", ADAPTIONS)
 def test_every_adaption_composes_with_every_matching(matching, adaption):
     torch.manual_seed(0)
-    backbone = HourglassNet(num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1), stem_channels=8, feat_channels=16)
+    backbone = HourglassNet(
+        num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1), stem_channels=8, feat_channels=16
+    )
     m_factory, a_factory = factory("matching", matching), factory("adaption", adaption)
     probe_m, probe_a = m_factory(in_channels=16, num_classes=2), a_factory(in_channels=16)
     if probe_a.changes_features and not probe_m.accepts_adapted_features:
@@ -107,7 +106,7 @@ def test_every_adaption_composes_with_every_matching(matching, adaption):
         return
     model = CornerDetector(backbone, 2, m_factory, a_factory)
     images = torch.randn(2, 3, 47, 47)  # output map 12 x 12
-    criterion = Criterion(2, model.matching, model.adaption)
+    criterion = Criterion(2, model.parts)
     losses = criterion(model(images), two_objects())
     assert set(losses) == set(criterion.weight_dict)
     total = criterion.total(losses)

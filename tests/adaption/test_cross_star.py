@@ -1,4 +1,5 @@
 """adaption=cross_star: offsets depend on the guiding shift only; no gradient back into it."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """adaption=dcn: starts as a plain 3x3 conv; its offsets come from the pool feature itself."""
+
 from __future__ import annotations
 
 import torch

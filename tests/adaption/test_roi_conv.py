@@ -1,4 +1,5 @@
 """RoI convolution: torchvision's offset layout, the computed sampling grid, the box-size targets."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from torchvision.ops import deform_conv2d
 from cnet.adaption.roi_conv import RoIConv, encode_box_size, roi_offsets
 from cnet.adaption.sampling import regular_locations, sampling_locations
 from cnet.targets import encode_corners
-from cnet.types import GroundTruth, Grid
+from cnet.types import Grid, GroundTruth
 
 
 def one_tap(i: int, j: int) -> torch.Tensor:
@@ -89,7 +90,7 @@ def test_module_places_the_points_from_its_regressed_size():
         torch.nn.init.zeros_(last.weight)
         last.bias.data = torch.tensor([math.log(6.0), math.log(3.0)])
     tl_pool, br_pool = torch.randn(1, 4, 12, 14), torch.randn(1, 4, 12, 14)
-    tl, br, maps = m(tl_pool, br_pool)
+    tl, _br, maps = m(tl_pool, br_pool)
     inds = torch.tensor([[5 * 14 + 4]])
     tl_loc = sampling_locations(maps["tl_dcn_offset"], inds, 14)[0, 0]
     br_loc = sampling_locations(maps["br_dcn_offset"], torch.tensor([[8 * 14 + 10]]), 14)[0, 0]

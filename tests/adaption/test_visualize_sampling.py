@@ -1,4 +1,5 @@
-"""`python -m cnet.visualize_sampling` on tiny run folders written the way train.py/engine.py do."""
+"""`python -m cnet.tools.visualize_sampling` on tiny run folders written the way train.py/engine.py do."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,37 +7,46 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
 from cnet.adaption.sampling import kernel_taps, regular_locations, sampling_locations
 from cnet.checkpoint import rng_state, save_checkpoint
-from cnet.detector import CornerDetector
+from cnet.compose import build_detector, compose_config
+from cnet.tools.visualize_sampling import main
 from cnet.tracking import Tracker
-from cnet.visualize_sampling import main
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-SMALL = ["data.source.num_train=8", "data.source.num_val=2", "data.source.num_val_crowd=1",
-         "data.source.image_size=60", "data.test_transform.pad_or=63"]
+SMALL = [
+    "data.source.num_train=8",
+    "data.source.num_val=2",
+    "data.source.num_val_crowd=1",
+    "data.source.image_size=60",
+    "data.test_transform.pad_or=63",
+]
 
 
 def make_run(run_dir: Path, adaption: str, run_id: str | None) -> None:
     """A freshly initialised model saved as engine.py saves it, next to its composed config."""
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"adaption={adaption}", *SMALL])
+    cfg = compose_config([f"adaption={adaption}", *SMALL])
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # unresolved, as Hydra writes it
     torch.manual_seed(0)
-    model = CornerDetector(instantiate(cfg.backbone), 4, instantiate(cfg.matching), instantiate(cfg.adaption))
+    model = build_detector(cfg, 4)
     optimizer = torch.optim.Adam(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    save_checkpoint(run_dir / "checkpoints" / "last.pt", {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "epoch": 1, "rng": rng_state(), "mlflow_run_id": run_id, "metrics": {},
-    })
+    save_checkpoint(
+        run_dir / "checkpoints" / "last.pt",
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": 1,
+            "rng": rng_state(),
+            "mlflow_run_id": run_id,
+            "metrics": {},
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +87,14 @@ def test_own_image_and_default_output(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("broken,message", [
-    ("missing_dir", "run dir not found"),
-    ("checkpoints/last.pt", "checkpoint not found"),
-    (".hydra/config.yaml", "config not found"),
-])
+@pytest.mark.parametrize(
+    "broken,message",
+    [
+        ("missing_dir", "run dir not found"),
+        ("checkpoints/last.pt", "checkpoint not found"),
+        (".hydra/config.yaml", "config not found"),
+    ],
+)
 def test_bad_run_dir_is_one_line_exit_2(runs, tmp_path, capsys, broken, message):
     tmp, _, _ = runs
     run = tmp_path / "run"

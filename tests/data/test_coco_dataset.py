@@ -1,4 +1,5 @@
 """CocoDetection / CocoData / SyntheticData on hand-written COCO files, plus collate."""
+
 from __future__ import annotations
 
 import json
@@ -31,17 +32,33 @@ def _write_dataset(root: Path) -> None:
     crowd_rle = {"counts": [203, 6, 34, 6, 1751], "size": [40, 50]}  # column-major runs, sum = 40 * 50
     anns = [
         {"id": 1, "image_id": 1, "category_id": 11, "bbox": [5.5, 6, 10, 20], "area": 200, "iscrowd": 0},
-        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [5, 3, 2, 6], "area": 12, "iscrowd": 1,
-         "segmentation": crowd_rle},
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [5, 3, 2, 6],
+            "area": 12,
+            "iscrowd": 1,
+            "segmentation": crowd_rle,
+        },
         {"id": 3, "image_id": 1, "category_id": 7, "bbox": [20, 20, 0.5, 8], "area": 4, "iscrowd": 0},
-        {"id": 4, "image_id": 2, "category_id": 3, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 1,
-         "segmentation": {"counts": [0, 10, 20] * 10 + [600], "size": [30, 30]}},
+        {
+            "id": 4,
+            "image_id": 2,
+            "category_id": 3,
+            "bbox": [0, 0, 10, 10],
+            "area": 100,
+            "iscrowd": 1,
+            "segmentation": {"counts": [0, 10, 20] * 10 + [600], "size": [30, 30]},
+        },
         {"id": 5, "image_id": 5, "category_id": 7, "bbox": [1, 2, 3, 4], "area": 12, "iscrowd": 0},
         {"id": 6, "image_id": 5, "category_id": 3, "bbox": [10, 20, 30, 35], "area": 1050, "iscrowd": 0},
     ]
-    images = [{"id": 1, "file_name": "a.png", "height": 40, "width": 50},
-              {"id": 2, "file_name": "b.png", "height": 30, "width": 30},
-              {"id": 5, "file_name": "c.png", "height": 60, "width": 40}]
+    images = [
+        {"id": 1, "file_name": "a.png", "height": 40, "width": 50},
+        {"id": 2, "file_name": "b.png", "height": 30, "width": 30},
+        {"id": 5, "file_name": "c.png", "height": 60, "width": 40},
+    ]
     (root / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": CATEGORIES}))
 
 

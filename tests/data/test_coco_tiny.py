@@ -1,4 +1,5 @@
 """The real-COCO path on coco_tiny (80 + 80 COCO 2017 images), read from ../shared/data/coco_tiny."""
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,16 @@ from cnet.data import CocoData, TestTransform, TrainTransform, unpad_boxes
 
 COCO_TINY = Path(__file__).parents[2].parent / "shared/data/coco_tiny"
 
-pytestmark = pytest.mark.skipif(not COCO_TINY.is_dir(),
-                                reason=f"coco_tiny not found at {COCO_TINY} (real-COCO tests need it)")
+pytestmark = pytest.mark.skipif(
+    not COCO_TINY.is_dir(), reason=f"coco_tiny not found at {COCO_TINY} (real-COCO tests need it)"
+)
 
 
 @pytest.fixture(scope="module")
 def data() -> CocoData:
-    return CocoData(str(COCO_TINY), "train2017/images", "train2017/annotations.json",
-                    "val2017/images", "val2017/annotations.json")
+    return CocoData(
+        str(COCO_TINY), "train2017/images", "train2017/annotations.json", "val2017/images", "val2017/annotations.json"
+    )
 
 
 def _raw(split: str) -> dict:
@@ -84,7 +87,7 @@ def test_augmented_real_images_encode_to_corner_targets(data: CocoData) -> None:
     ds = data.train_dataset(TrainTransform(crop_size=511))
     grid = Grid(511, 511, 128, 128)
     for i in range(4):
-        image, gt, _ = ds[i]
+        _image, gt, _ = ds[i]
         t = encode_corners([gt], grid, ds.num_classes)
         assert t.tl_heat.shape == (1, 80, 128, 128)
         # one peak per corner (distinct objects may share a corner cell: then fewer)

@@ -1,4 +1,5 @@
 """The synthetic COCO-format generator: determinism, caching, scene content, pycocotools compatibility."""
+
 from __future__ import annotations
 
 import contextlib
@@ -86,7 +87,7 @@ def test_coco_structure_and_noncontiguous_categories(small_root: Path) -> None:
             poly = np.asarray(ann["segmentation"][0]).reshape(-1, 2)
             x0, y0 = poly.min(0)
             assert ann["bbox"] == pytest.approx([x0, y0, *(poly.max(0) - poly.min(0))], abs=0.011)
-            assert 0 <= x0 and poly[:, 0].max() <= 120 and 0 <= y0 and poly[:, 1].max() <= 120
+            assert x0 >= 0 and poly[:, 0].max() <= 120 and y0 >= 0 and poly[:, 1].max() <= 120
             rasterized = coco.annToMask(ann).sum()  # pycocotools' own rasterization of the polygon
             assert abs(rasterized - ann["area"]) <= 0.12 * ann["area"] + 8
 
@@ -108,8 +109,12 @@ def test_painted_pixels_agree_with_polygon_and_bbox(small_root: Path) -> None:
     for img_id in coco.getImgIds():
         anns = coco.imgToAnns[img_id]
         pixels = _image(small_root, coco, img_id)
-        references = {a["id"]: coco.annToMask(a).astype(bool) if a["iscrowd"]
-                      else _centres_inside(a["segmentation"][0], pixels.shape[0]) for a in anns}
+        references = {
+            a["id"]: coco.annToMask(a).astype(bool)
+            if a["iscrowd"]
+            else _centres_inside(a["segmentation"][0], pixels.shape[0])
+            for a in anns
+        }
         everything = np.any(list(references.values()), axis=0)
         background = np.median(pixels[~everything], axis=0)
         foreground = np.linalg.norm(pixels - background, axis=-1) > 40
@@ -118,7 +123,7 @@ def test_painted_pixels_agree_with_polygon_and_bbox(small_root: Path) -> None:
                 continue  # isolated objects only: occluders would hide pixels
             x, y, w, h = a["bbox"]
             window = np.zeros_like(foreground)
-            window[max(int(y) - 3, 0):int(y + h) + 4, max(int(x) - 3, 0):int(x + w) + 4] = True
+            window[max(int(y) - 3, 0) : int(y + h) + 4, max(int(x) - 3, 0) : int(x + w) + 4] = True
             inside = references[a["id"]]
             painted = foreground & window & (inside | ~everything)  # a near neighbour is not ours
             assert (painted & inside).sum() / (painted | inside).sum() > 0.98
@@ -178,7 +183,7 @@ def test_crowd_annotations_are_rle_readable_by_pycocotools(small_root: Path) -> 
         pixels = _image(small_root, coco, ann["image_id"])
         x, y, w, h = (int(v) for v in ann["bbox"])
         ring = np.zeros_like(mask)
-        ring[max(y - 6, 0):y + h + 6, max(x - 6, 0):x + w + 6] = True
+        ring[max(y - 6, 0) : y + h + 6, max(x - 6, 0) : x + w + 6] = True
         ring &= ~mask
         for other in coco.imgToAnns[ann["image_id"]]:
             ring &= ~coco.annToMask(other).astype(bool)

@@ -1,4 +1,5 @@
 """Train/test transforms: CornerNet border rule, crop/resize/flip geometry, test padding, unpadding."""
+
 from __future__ import annotations
 
 import colorsys
@@ -16,9 +17,8 @@ from cnet.data.transforms import (
     hsv_to_rgb,
     photometric_distort,
     rgb_to_hsv,
-    unpad_boxes,
 )
-from cnet.types import ImageMeta
+from cnet.types import ImageMeta, unpad_boxes
 
 MEAN = torch.tensor(MEAN_RGB)[:, None, None]
 STD = torch.tensor(STD_RGB)[:, None, None]
@@ -96,7 +96,7 @@ def test_train_output_boxes_inside_canvas_for_many_shapes() -> None:
         boxes = np.stack([x0, y0, x1, y1], 1)
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         for seed in range(5):
-            out, gt, meta = transform(image, boxes.astype(np.float32), np.arange(12), np.random.default_rng(seed))
+            out, gt, _meta = transform(image, boxes.astype(np.float32), np.arange(12), np.random.default_rng(seed))
             assert out.shape == (3, 127, 127) and out.dtype == torch.float32
             assert 1 <= len(gt) <= 12 and gt.boxes.dtype == torch.float32 and gt.labels.dtype == torch.int64
             assert gt.boxes.min() >= 0 and gt.boxes.max() <= 127
@@ -135,7 +135,7 @@ def test_test_transform_pads_with_logical_or(h: int, w: int, in_h: int, in_w: in
     assert out.shape == (3, in_h, in_w) and meta.input_size == (in_h, in_w) and meta.scale == 1.0
     top, left = meta.border
     assert top == in_h // 2 - h // 2 and left == in_w // 2 - w // 2  # image centre at input centre
-    inner = out[:, int(top):int(top) + h, int(left):int(left) + w]
+    inner = out[:, int(top) : int(top) + h, int(left) : int(left) + w]
     assert torch.allclose(_denormalize(inner), torch.from_numpy(image).permute(2, 0, 1).float(), atol=1e-3)
     assert out.abs().sum() == pytest.approx(inner.abs().sum().item(), rel=1e-6)  # padding is exactly 0
     assert torch.equal(gt.boxes[0], torch.tensor([left, top, left + w, top + h]))

@@ -27,8 +27,15 @@ def _polygon(x, y, w, h):
 def make_gt(tmp_path, keep=lambda box: True) -> COCO:
     """Hand-made COCO GT: 3 images, 2 categories with non-contiguous ids 3 and 7."""
     anns = [
-        {"id": i + 1, "image_id": img, "category_id": cat, "bbox": box, "area": box[2] * box[3],
-         "iscrowd": 0, "segmentation": _polygon(*box)}
+        {
+            "id": i + 1,
+            "image_id": img,
+            "category_id": cat,
+            "bbox": box,
+            "area": box[2] * box[3],
+            "iscrowd": 0,
+            "segmentation": _polygon(*box),
+        }
         for i, (img, cat, box) in enumerate(GT_BOXES)
         if keep(box)
     ]
@@ -155,8 +162,10 @@ def test_segm_polygons_and_rle_as_results(tmp_path):
         rles.append(dict(r, segmentation=rle))
     assert evaluate_coco(coco_gt, rles, iou_type="segm")["AP"] == pytest.approx(1.0)
     # A polygon covering only the left third of every object has mask IoU ~1/3 < 0.5: no match.
-    thirds = [dict(r, segmentation=_polygon(a["bbox"][0], a["bbox"][1], a["bbox"][2] / 3, a["bbox"][3]))
-              for r, a in zip(polys, coco_gt.dataset["annotations"])]
+    thirds = [
+        dict(r, segmentation=_polygon(a["bbox"][0], a["bbox"][1], a["bbox"][2] / 3, a["bbox"][3]))
+        for r, a in zip(polys, coco_gt.dataset["annotations"])
+    ]
     assert evaluate_coco(coco_gt, thirds, iou_type="segm")["AP50"] == 0.0
 
 

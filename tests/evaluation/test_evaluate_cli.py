@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cnet.evaluate import main
+from cnet.tools.evaluate import main
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS = ["AP", "AP50", "AP75", "APS", "APM", "APL", "AR1", "AR10", "AR100", "ARS", "ARM", "ARL"]
@@ -15,18 +15,33 @@ METRICS = ["AP", "AP50", "AP75", "APS", "APM", "APL", "AR1", "AR10", "AR100", "A
 def files(tmp_path):
     """GT with 2 images and categories 1 and 4, plus its GT-as-results file (score 1)."""
     anns = [
-        {"id": 1, "image_id": 10, "category_id": 4, "bbox": [5, 5, 20, 30], "area": 600, "iscrowd": 0,
-         "segmentation": [[5, 5, 25, 5, 25, 35, 5, 35]]},
-        {"id": 2, "image_id": 11, "category_id": 1, "bbox": [50, 40, 100, 120], "area": 12000, "iscrowd": 0,
-         "segmentation": [[50, 40, 150, 40, 150, 160, 50, 160]]},
+        {
+            "id": 1,
+            "image_id": 10,
+            "category_id": 4,
+            "bbox": [5, 5, 20, 30],
+            "area": 600,
+            "iscrowd": 0,
+            "segmentation": [[5, 5, 25, 5, 25, 35, 5, 35]],
+        },
+        {
+            "id": 2,
+            "image_id": 11,
+            "category_id": 1,
+            "bbox": [50, 40, 100, 120],
+            "area": 12000,
+            "iscrowd": 0,
+            "segmentation": [[50, 40, 150, 40, 150, 160, 50, 160]],
+        },
     ]
     gt = {
         "images": [{"id": 10, "width": 200, "height": 200}, {"id": 11, "width": 200, "height": 200}],
         "categories": [{"id": 1, "name": "a"}, {"id": 4, "name": "b"}],
         "annotations": anns,
     }
-    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-               for a in anns]
+    results = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0} for a in anns
+    ]
     gt_path, res_path = tmp_path / "gt.json", tmp_path / "res.json"
     gt_path.write_text(json.dumps(gt))
     res_path.write_text(json.dumps(results))
@@ -34,8 +49,13 @@ def files(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "cnet.evaluate", *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "cnet.tools.evaluate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
 
 
 def test_cli_prints_metrics_json(files):
@@ -77,7 +97,18 @@ def test_cli_segm(files, tmp_path, capsys):
     gt_path, _, _ = files
     gt = json.loads(gt_path.read_text())
     segm = tmp_path / "segm.json"
-    segm.write_text(json.dumps([{"image_id": a["image_id"], "category_id": a["category_id"],
-                                 "segmentation": a["segmentation"], "score": 1.0} for a in gt["annotations"]]))
+    segm.write_text(
+        json.dumps(
+            [
+                {
+                    "image_id": a["image_id"],
+                    "category_id": a["category_id"],
+                    "segmentation": a["segmentation"],
+                    "score": 1.0,
+                }
+                for a in gt["annotations"]
+            ]
+        )
+    )
     assert main([str(gt_path), str(segm), "--iou-type", "segm"]) == 0
     assert json.loads(capsys.readouterr().out)["AP"] == pytest.approx(1.0)

@@ -1,4 +1,5 @@
 """CenterNet matching: centre targets round trip, the central-region rule, scores and losses."""
+
 from __future__ import annotations
 
 import math
@@ -9,21 +10,30 @@ import torch
 from cnet.heads import CornerFeatures
 from cnet.losses import corner_focal_loss
 from cnet.matching.center_heatmap import (
-    CenterHeatmap, center_region_scores, decode_centers, encode_center_targets,
+    CenterHeatmap,
+    center_keypoints,
+    center_region_scores,
+    encode_center_targets,
 )
 from cnet.targets import encode_corners
-from cnet.types import Corners, GroundTruth, Grid
+from cnet.types import Corners, Grid, GroundTruth
 
 
 def corners(xy: list[tuple[float, float]], scores: list[float], classes: list[int]) -> Corners:
     """A batch of one image with hand-placed points (output-map units); inds are unused here."""
     t = torch.tensor(xy, dtype=torch.float32)
-    return Corners(torch.tensor([scores]), torch.tensor([classes]), torch.zeros(1, len(xy), dtype=torch.int64),
-                   t[None, :, 0], t[None, :, 1])
+    return Corners(
+        torch.tensor([scores]),
+        torch.tensor([classes]),
+        torch.zeros(1, len(xy), dtype=torch.int64),
+        t[None, :, 0],
+        t[None, :, 1],
+    )
 
 
-def region_score(box: tuple[float, ...], center: tuple[float, float], grid: Grid, ct_class: int = 0,
-                 ct_score: float = 0.9) -> float:
+def region_score(
+    box: tuple[float, ...], center: tuple[float, float], grid: Grid, ct_class: int = 0, ct_score: float = 0.9
+) -> float:
     tl = corners([box[:2]], [0.8], [0])
     br = corners([box[2:]], [0.6], [0])
     ct = corners([center], [ct_score], [ct_class])
@@ -33,11 +43,17 @@ def region_score(box: tuple[float, ...], center: tuple[float, float], grid: Grid
 GRID1 = Grid(64, 64, 64, 64)  # one input pixel per cell
 
 
-@pytest.mark.parametrize("center, kept", [
-    ((25.0, 25.0), True), ((20.01, 29.99), True),  # inside (20, 30) x (20, 30)
-    ((30.0, 25.0), False), ((25.0, 20.0), False),  # on the border: strictly inside only
-    ((31.0, 25.0), False), ((25.0, 5.0), False),  # outside
-])
+@pytest.mark.parametrize(
+    "center, kept",
+    [
+        ((25.0, 25.0), True),
+        ((20.01, 29.99), True),  # inside (20, 30) x (20, 30)
+        ((30.0, 25.0), False),
+        ((25.0, 20.0), False),  # on the border: strictly inside only
+        ((31.0, 25.0), False),
+        ((25.0, 5.0), False),  # outside
+    ],
+)
 def test_center_region_n3_borders(center, kept):
     # box (10, 10, 40, 40): area 900 <= 22500 -> n = 3 -> region x, y in (20, 30)
     s = region_score((10.0, 10.0, 40.0, 40.0), center, GRID1)
@@ -60,15 +76,26 @@ def test_n_switches_at_area_22500_input_pixels(ratio):
     region x (60.4, 90.6), y (60, 90). Areas are measured in input pixels, not cells."""
     grid = Grid(256 * ratio, 256 * ratio, 256, 256)
     cell = lambda *v: tuple(x / ratio for x in v)  # noqa: E731  input pixels -> cells
-    for center, small_kept, large_kept in [((55.0, 75.0), True, False), ((65.0, 75.0), True, True),
-                                           ((75.0, 95.0), True, False)]:
+    for center, small_kept, large_kept in [
+        ((55.0, 75.0), True, False),
+        ((65.0, 75.0), True, True),
+        ((75.0, 95.0), True, False),
+    ]:
         small = region_score(cell(0.0, 0.0, 150.0, 150.0), cell(*center), grid)
         large = region_score(cell(0.0, 0.0, 151.0, 150.0), cell(*center), grid)
         assert (small >= 0) == small_kept and (large >= 0) == large_kept, center
 
 
-def _pred_maps(h: int, w: int, emb: tuple[float, float], ct_cell: tuple[int, int], ct_off: tuple[float, float],
-               ct_prob: float, ct_class: int = 0, num_classes: int = 2) -> dict[str, torch.Tensor]:
+def _pred_maps(
+    h: int,
+    w: int,
+    emb: tuple[float, float],
+    ct_cell: tuple[int, int],
+    ct_off: tuple[float, float],
+    ct_prob: float,
+    ct_class: int = 0,
+    num_classes: int = 2,
+) -> dict[str, torch.Tensor]:
     """Embeddings emb[0] at the tl cell (10, 10), emb[1] at the br cell (40, 40); one centre peak."""
     tl_emb, br_emb = torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w)
     tl_emb[0, 0, 10, 10], br_emb[0, 0, 40, 40] = emb
@@ -81,10 +108,20 @@ def _pred_maps(h: int, w: int, emb: tuple[float, float], ct_cell: tuple[int, int
 
 def _pair(pred: dict[str, torch.Tensor]) -> float:
     matching = CenterHeatmap(8, 2)
-    tl = Corners(torch.tensor([[0.8]]), torch.tensor([[0]]), torch.tensor([[10 * 64 + 10]]),
-                 torch.tensor([[10.0]]), torch.tensor([[10.0]]))
-    br = Corners(torch.tensor([[0.6]]), torch.tensor([[0]]), torch.tensor([[40 * 64 + 40]]),
-                 torch.tensor([[40.0]]), torch.tensor([[40.0]]))
+    tl = Corners(
+        torch.tensor([[0.8]]),
+        torch.tensor([[0]]),
+        torch.tensor([[10 * 64 + 10]]),
+        torch.tensor([[10.0]]),
+        torch.tensor([[10.0]]),
+    )
+    br = Corners(
+        torch.tensor([[0.6]]),
+        torch.tensor([[0]]),
+        torch.tensor([[40 * 64 + 40]]),
+        torch.tensor([[40.0]]),
+        torch.tensor([[40.0]]),
+    )
     scores, extras = matching.pair(pred, tl, br, GRID1)
     assert scores.shape == (1, 1, 1) and extras == {}
     return float(scores[0, 0, 0])
@@ -95,20 +132,31 @@ def test_pair_keeps_box_with_center_inside_and_rescores():
     assert s == pytest.approx((2 * (0.8 + 0.6) / 2 + 0.9) / 3, abs=1e-6)
 
 
-@pytest.mark.parametrize("emb, ct_cell, ct_off, ct_class", [
-    ((1.0, 1.2), (29, 25), (1.0, 0.5), 0),  # decoded centre x = 30.0: on the region border
-    ((1.0, 1.2), (25, 25), (0.5, 0.5), 1),  # centre of another class
-    ((1.0, 1.6), (25, 25), (0.5, 0.5), 0),  # embeddings 0.6 > 0.5 apart: AE rejects first
-])
+@pytest.mark.parametrize(
+    "emb, ct_cell, ct_off, ct_class",
+    [
+        ((1.0, 1.2), (29, 25), (1.0, 0.5), 0),  # decoded centre x = 30.0: on the region border
+        ((1.0, 1.2), (25, 25), (0.5, 0.5), 1),  # centre of another class
+        ((1.0, 1.6), (25, 25), (0.5, 0.5), 0),  # embeddings 0.6 > 0.5 apart: AE rejects first
+    ],
+)
 def test_pair_rejects(emb, ct_cell, ct_off, ct_class):
     assert _pair(_pred_maps(64, 64, emb, ct_cell, ct_off, 0.9, ct_class)) == -1.0
 
 
 def test_center_targets_round_trip_exactly():
     grid = Grid(512, 512, 128, 128)
-    gt = GroundTruth(torch.tensor([[10.3, 12.7, 200.9, 150.1], [100.0, 300.5, 130.2, 333.3],
-                                   [400.1, 7.9, 511.0, 95.6], [0.0, 0.0, 512.0, 512.0]]),
-                     torch.tensor([2, 0, 2, 1]))
+    gt = GroundTruth(
+        torch.tensor(
+            [
+                [10.3, 12.7, 200.9, 150.1],
+                [100.0, 300.5, 130.2, 333.3],
+                [400.1, 7.9, 511.0, 95.6],
+                [0.0, 0.0, 512.0, 512.0],
+            ]
+        ),
+        torch.tensor([2, 0, 2, 1]),
+    )
     corner_t = encode_corners([gt], grid, 3)
     t = encode_center_targets(corner_t, grid)
     true = corner_t.points[0].center  # [N, 2] float box centres, cells
@@ -116,7 +164,7 @@ def test_center_targets_round_trip_exactly():
     assert (t["ct_heat"][0, gt.labels, ct_int[:, 1], ct_int[:, 0]] == 1).all()
     assert t["ct_mask"].sum() == len(gt) and t["ct_heat"].eq(1).sum() == len(gt)
     logits = torch.logit(t["ct_heat"].clamp(1e-6, 1 - 1e-6))
-    ct = decode_centers(logits, t["ct_off"], k=len(gt))
+    ct = center_keypoints(logits, t["ct_off"], k=len(gt))
     got = torch.stack([ct.xs[0], ct.ys[0]], dim=-1)
     order = [int(((got - c).abs().sum(-1)).argmin()) for c in true]
     assert torch.equal(got[order], true)
@@ -130,7 +178,7 @@ def test_center_gaussian_uses_the_corner_radius():
     corner_t = encode_corners([gt], grid, 1)
     ct = encode_center_targets(corner_t, grid)["ct_heat"][0, 0]
     tl = corner_t.tl_heat[0, 0]
-    assert torch.equal(ct[55 - 10:55 + 11, 60 - 10:60 + 11], tl[40 - 10:40 + 11, 40 - 10:40 + 11])
+    assert torch.equal(ct[55 - 10 : 55 + 11, 60 - 10 : 60 + 11], tl[40 - 10 : 40 + 11, 40 - 10 : 40 + 11])
     assert ct.count_nonzero() == tl.count_nonzero() > 1
 
 
@@ -140,7 +188,11 @@ def test_forward_keys_shapes_and_prior():
     feats = CornerFeatures(*[torch.randn(2, 8, 12, 10) for _ in range(5)])
     out = matching(feats)
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "tl_emb": (2, 1, 12, 10), "br_emb": (2, 1, 12, 10), "ct_heat": (2, 3, 12, 10), "ct_off": (2, 2, 12, 10)}
+        "tl_emb": (2, 1, 12, 10),
+        "br_emb": (2, 1, 12, 10),
+        "ct_heat": (2, 3, 12, 10),
+        "ct_off": (2, 2, 12, 10),
+    }
     assert matching.ct_heat[-1].bias.detach().sigmoid().allclose(torch.tensor(0.1))
     assert matching.loss_weights == {"pull": 0.1, "push": 0.1, "center_det": 1.0, "center_off": 1.0}
 

@@ -1,4 +1,5 @@
 """Associative embedding (ae1d / ae2d): target encoding, pull/push, threshold pairing."""
+
 from __future__ import annotations
 
 import math
@@ -8,15 +9,15 @@ import torch
 
 from cnet.matching.ae1d import AE1D
 from cnet.matching.ae2d import AE2D
-from cnet.matching.base import gather_at
 from cnet.matching.embedding import (
     embedding_distance,
     embedding_loss,
     encode_embedding_targets,
     perfect_embeddings,
 )
+from cnet.ops import gather_at
 from cnet.targets import encode_corners
-from cnet.types import Corners, GroundTruth, Grid
+from cnet.types import Corners, Grid, GroundTruth
 
 GRID = Grid(64, 64, 16, 16)  # 4 input pixels per cell
 
@@ -26,7 +27,10 @@ def _gt(boxes: list[list[float]]) -> GroundTruth:
 
 
 def test_encoder_cells_padding_and_oracle_round_trip():
-    gts = [_gt([[4.0, 8.0, 40.0, 30.0], [20.0, 22.0, 60.0, 62.0], [0.0, 0.0, 12.0, 12.0]]), _gt([[8.0, 4.0, 33.0, 50.0]])]
+    gts = [
+        _gt([[4.0, 8.0, 40.0, 30.0], [20.0, 22.0, 60.0, 62.0], [0.0, 0.0, 12.0, 12.0]]),
+        _gt([[8.0, 4.0, 33.0, 50.0]]),
+    ]
     corners = encode_corners(gts, GRID, 1)
     t = encode_embedding_targets(corners)
     assert t["ae_tl_inds"].shape == t["ae_br_inds"].shape == t["ae_mask"].shape == (2, 3)
@@ -130,5 +134,5 @@ def test_matching_embeddings_do_not_override_geometry_or_class():
 def test_layers_dims_and_weights():
     assert AE1D(4, 1).tl_emb[-1].out_channels == 1 and AE2D(4, 1).br_emb[-1].out_channels == 2
     assert AE1D(4, 1).loss_weights == {"pull": 0.1, "push": 0.1}
-    with pytest.raises(ValueError, match="matching.threshold"):
+    with pytest.raises(ValueError, match=r"matching\.threshold"):
         AE2D(4, 1, threshold=0.0)

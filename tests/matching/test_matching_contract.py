@@ -3,41 +3,47 @@
 Round trip: targets fed back as perfect predictions decode to the ground-truth boxes (IoU 1);
 losses: exactly 0 matching terms on empty ground truth, positive on two objects.
 """
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torchvision.ops import box_iou
 
+from cnet.compose import group_options, option_factory
 from cnet.heads import CornerFeatures
 from cnet.postprocess import PostProcess
 from cnet.targets import encode_corners
-from cnet.types import GroundTruth, Grid, ImageMeta, Outputs
+from cnet.types import Corners, Grid, GroundTruth, ImageMeta, Outputs
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "matching"
-OPTIONS = sorted(p.stem for p in CONF.glob("*.yaml"))
+OPTIONS = group_options("matching")
 C = 16  # feature channels of the test head
 
 
 def build(name: str, num_classes: int = 3):
-    return instantiate(OmegaConf.load(CONF / f"{name}.yaml"))(in_channels=C, num_classes=num_classes)
+    return option_factory("matching", name)(in_channels=C, num_classes=num_classes)
 
 
 def scenes() -> dict[str, tuple[Grid, GroundTruth]]:
     grid = Grid(128, 128, 32, 32)
     several = GroundTruth(
-        torch.tensor([[10.0, 12.0, 60.0, 50.0], [30.0, 30.0, 100.0, 90.0], [70.0, 5.0, 120.0, 40.0],
-                      [0.0, 60.0, 40.0, 128.0], [90.0, 100.0, 128.0, 128.0]]),  # overlapping, border
+        torch.tensor(
+            [
+                [10.0, 12.0, 60.0, 50.0],
+                [30.0, 30.0, 100.0, 90.0],
+                [70.0, 5.0, 120.0, 40.0],
+                [0.0, 60.0, 40.0, 128.0],
+                [90.0, 100.0, 128.0, 128.0],
+            ]
+        ),  # overlapping, border
         torch.tensor([0, 1, 0, 1, 2]),
     )
     # look-alike crowd: one class, same size, neighbours overlap
     xy = [(4 + 22 * i, 6 + 26 * j) for i in range(5) for j in range(4)]
-    crowd = GroundTruth(torch.tensor([[x, y, x + 30.0, y + 30.0] for x, y in xy]).clamp(max=128),
-                        torch.zeros(len(xy), dtype=torch.int64))
+    crowd = GroundTruth(
+        torch.tensor([[x, y, x + 30.0, y + 30.0] for x, y in xy]).clamp(max=128),
+        torch.zeros(len(xy), dtype=torch.int64),
+    )
     return {"several": (grid, several), "crowd": (grid, crowd)}
 
 
@@ -45,8 +51,12 @@ def perfect_outputs(matching, gt: GroundTruth, grid: Grid, num_classes: int) -> 
     corners = encode_corners([gt], grid, num_classes)
     eps = 1e-6
     logit = lambda h: torch.logit(h.clamp(eps, 1 - eps))  # noqa: E731
-    level = {"tl_heat": logit(corners.tl_heat), "br_heat": logit(corners.br_heat),
-             "tl_off": corners.tl_off, "br_off": corners.br_off}
+    level = {
+        "tl_heat": logit(corners.tl_heat),
+        "br_heat": logit(corners.br_heat),
+        "tl_off": corners.tl_off,
+        "br_off": corners.br_off,
+    }
     level |= matching.targets_as_predictions(matching.encode_targets(corners, grid), corners)
     return Outputs([level], (grid.in_h, grid.in_w))
 
@@ -80,10 +90,10 @@ def test_rejected_pairs_never_appear(name):
     out = perfect_outputs(matching, gt, grid, 3)
     pp = PostProcess(matching)
     level = out.levels[-1]
-    from cnet.postprocess import local_maxima, topk_corners
+    from cnet.ops import local_maxima, topk_cells
 
-    tl = topk_corners(local_maxima(level["tl_heat"].sigmoid()), level["tl_off"], 20)
-    br = topk_corners(local_maxima(level["br_heat"].sigmoid()), level["br_off"], 20)
+    tl = Corners(*topk_cells(local_maxima(level["tl_heat"].sigmoid()), level["tl_off"], 20))
+    br = Corners(*topk_cells(local_maxima(level["br_heat"].sigmoid()), level["br_off"], 20))
     scores, _ = matching.pair(level, tl, br, grid)
     bad = (tl.classes[:, :, None] != br.classes[:, None, :]) | (tl.xs[:, :, None] >= br.xs[:, None, :])
     assert (scores[bad] == -1).all()

@@ -9,6 +9,7 @@ top ``--corners`` top-left and bottom-right corners are drawn over the image, on
 The PNG (default ``<first RUN_DIR>/sampling_points.png``) is logged to each run's MLflow run
 under ``figures/``. Bad input: one-line error on stderr, exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,19 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 from torch import Tensor
 
 from cnet.adaption.sampling import regular_locations, sampling_locations
 from cnet.checkpoint import load_checkpoint
+from cnet.compose import CONFIG_ERRORS, Config, build_detector, instantiate_node, load_config, select
 from cnet.errors import ResumeError
-from cnet.postprocess import local_maxima, topk_corners
-from cnet.types import Grid, ImageMeta
+from cnet.ops import local_maxima, topk_cells
+from cnet.types import Corners, Grid, ImageMeta, unpad_points
 
-PROG = "python -m cnet.visualize_sampling"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROG = "python -m cnet.tools.visualize_sampling"
 _HEAT_SUFFIX = ".tl_heat.2.weight"  # last conv of kp_layer: [num_classes, C, 1, 1]
 
 
@@ -76,16 +75,9 @@ def num_classes_of(state: dict[str, Tensor], ckpt: Path) -> int:
     return int(state[keys[0]].shape[0])
 
 
-def build_model(cfg: DictConfig, state: dict[str, Tensor], ckpt: Path) -> torch.nn.Module:
+def build_model(cfg: Config, state: dict[str, Tensor], ckpt: Path) -> torch.nn.Module:
     """CornerDetector from the saved config's backbone/matching/adaption, with the saved weights."""
-    from hydra.utils import instantiate
-
-    from cnet.detector import CornerDetector
-
-    model = CornerDetector(
-        instantiate(cfg.backbone), num_classes_of(state, ckpt),
-        instantiate(cfg.matching), instantiate(cfg.adaption),
-    )
+    model = build_detector(cfg, num_classes_of(state, ckpt))
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -94,11 +86,9 @@ def build_model(cfg: DictConfig, state: dict[str, Tensor], ckpt: Path) -> torch.
     return model.eval()
 
 
-def load_input(cfg: DictConfig, image_path: Path | None) -> tuple[Tensor, np.ndarray, ImageMeta]:
+def load_input(cfg: Config, image_path: Path | None) -> tuple[Tensor, np.ndarray, ImageMeta]:
     """(network input [3, H', W'], display image [H, W, 3] uint8, meta) of the chosen image."""
-    from hydra.utils import instantiate
-
-    transform = instantiate(cfg.data.test_transform)
+    transform = instantiate_node(cfg.data.test_transform)
     if image_path is not None:
         if not image_path.is_file():
             raise InputError(f"image not found: {image_path}")
@@ -109,33 +99,30 @@ def load_input(cfg: DictConfig, image_path: Path | None) -> tuple[Tensor, np.nda
             raise InputError(f"cannot read image {image_path}: {err}") from err
         image, _, meta = transform(raw, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
         return image, raw, meta
-    dataset = instantiate(cfg.data.source).val_dataset(transform)
+    dataset = instantiate_node(cfg.data.source).val_dataset(transform)
     if len(dataset) == 0:
         raise InputError("the run's validation set is empty; pass --image")
     image, _, meta = dataset[0]
     return image, dataset.load_image(0), meta
 
 
-def adaption_name(cfg: DictConfig) -> str:
+def adaption_name(cfg: Config) -> str:
     """The option name: module of the adaption's ``_target_`` (one module per option)."""
-    target = str(OmegaConf.select(cfg, "adaption._target_", default="?"))
+    target = str(select(cfg, "adaption._target_", default="?"))
     parts = target.split(".")
     return parts[-2] if len(parts) >= 2 else target
 
 
 def to_image_pixels(xy: Tensor, grid: Grid, meta: ImageMeta) -> np.ndarray:
     """Output-map (x, y) [..., 2] -> original-image pixels (grid ratio, minus the padding border)."""
-    top, left = meta.border
-    x = (xy[..., 0] * grid.ratio_x - left) / meta.scale
-    y = (xy[..., 1] * grid.ratio_y - top) / meta.scale
-    return torch.stack([x, y], dim=-1).cpu().numpy()
+    return unpad_points(xy * xy.new_tensor([grid.ratio_x, grid.ratio_y]), meta).cpu().numpy()
 
 
 @torch.no_grad()
 def corner_sampling(level: dict[str, Tensor], side: str, k: int) -> tuple[Tensor, Tensor]:
     """Top-k corners of one side of image 0: positions [K, 2] and sampling points [K, 9, 2]."""
     heat = level[f"{side}_heat"]
-    corners = topk_corners(local_maxima(heat.sigmoid()), level[f"{side}_off"], k)
+    corners = Corners(*topk_cells(local_maxima(heat.sigmoid()), level[f"{side}_off"], k))
     width = heat.shape[-1]
     key = f"{side}_dcn_offset"
     if key in level:
@@ -147,17 +134,16 @@ def corner_sampling(level: dict[str, Tensor], side: str, k: int) -> tuple[Tensor
 
 def collect(run_dir: Path, image_path: Path | None, k: int) -> RunSampling:
     """Rebuild one run's model, run the image, and gather its corners' sampling points."""
-    from hydra.errors import InstantiationException
-
     config, ckpt_path = run_files(run_dir)
+    errors: tuple[type[Exception], ...] = (ResumeError, OSError, ValueError, *CONFIG_ERRORS)
     try:
-        cfg = OmegaConf.load(config)
+        cfg = load_config(config)
         ckpt = load_checkpoint(ckpt_path)
         if "model" not in ckpt:
             raise InputError(f"checkpoint {ckpt_path} has no 'model' state")
         model = build_model(cfg, ckpt["model"], ckpt_path)
         image, raw, meta = load_input(cfg, image_path)
-    except (ResumeError, InstantiationException, OSError, OmegaConfBaseException) as err:
+    except errors as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"{run_dir}: {first}") from err
     with torch.no_grad():
@@ -166,10 +152,14 @@ def collect(run_dir: Path, image_path: Path | None, k: int) -> RunSampling:
     tl_xy, tl_pts = corner_sampling(level, "tl", k)
     br_xy, br_pts = corner_sampling(level, "br", k)
     return RunSampling(
-        f"{adaption_name(cfg)} ({run_dir.name})", raw,
-        to_image_pixels(tl_xy, grid, meta), to_image_pixels(br_xy, grid, meta),
-        to_image_pixels(tl_pts, grid, meta), to_image_pixels(br_pts, grid, meta),
-        ckpt.get("mlflow_run_id"), OmegaConf.select(cfg, "tracking.uri", default=None),
+        f"{adaption_name(cfg)} ({run_dir.name})",
+        raw,
+        to_image_pixels(tl_xy, grid, meta),
+        to_image_pixels(br_xy, grid, meta),
+        to_image_pixels(tl_pts, grid, meta),
+        to_image_pixels(br_pts, grid, meta),
+        ckpt.get("mlflow_run_id"),
+        select(cfg, "tracking.uri"),
     )
 
 
@@ -189,8 +179,15 @@ def draw(panels: list[RunSampling], out: Path) -> None:
             (p.br_corner, p.br_points, "tab:cyan", "bottom-right"),
         ):
             for i, (c, pts) in enumerate(zip(corner, points)):
-                ax.scatter(pts[:, 0], pts[:, 1], s=10, c=color, edgecolors="black", linewidths=0.3,
-                           label=f"{label} samples" if i == 0 else None)
+                ax.scatter(
+                    pts[:, 0],
+                    pts[:, 1],
+                    s=10,
+                    c=color,
+                    edgecolors="black",
+                    linewidths=0.3,
+                    label=f"{label} samples" if i == 0 else None,
+                )
                 ax.scatter([c[0]], [c[1]], s=60, c=color, marker="x", linewidths=1.5)
         ax.set_xlim(-0.5, w - 0.5)
         ax.set_ylim(h - 0.5, -0.5)
@@ -212,7 +209,7 @@ def log_figure(png: Path, panel: RunSampling, run_dir: Path) -> str | None:
 
     from cnet.tracking import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(panel.tracking_uri_cfg, PROJECT_ROOT)
+    uri = resolve_tracking_uri(panel.tracking_uri_cfg)
     try:
         MlflowClient(tracking_uri=uri).log_artifact(panel.run_id, str(png), "figures")
     except Exception as err:  # MlflowException, a missing store, a read-only artifact folder...

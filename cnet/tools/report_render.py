@@ -1,9 +1,10 @@
-"""Render a built :class:`cnet.report.Table` as Markdown, CSV, LaTeX and a PNG bar chart.
+"""Render a built :class:`cnet.tools.report_tables.Table` as Markdown, CSV, LaTeX and a PNG bar chart.
 
 Our cells print their value (``41.2``, ``41.2 ± 0.3`` over seeds, ``n/a`` where COCO had no
 object of that size) or, without a value, their state (``not run``, ``failed``, ``running 3/110``);
 the state column and a provenance list (run ids, dataset, backbone, schedule) follow every table.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from cnet.report import METRICS, Cell, Table, progress
+from cnet.tools.report_tables import METRICS, Cell, Table, progress
 
 DASH = "—"
 RULE_NOTE = (
@@ -72,11 +73,15 @@ def provenance_lines(table: Table) -> list[str]:
         name = row.name + (f" ({table.spec.paper_epochs(row)} ep)" if _has_epoch(table) else "")
         parts = []
         for r in cell.used:
-            parts.append(f"run {r.run_id} (seed {r.seed}, {r.status}, trained {progress(r)} epochs): "
-                         f"data {r.data}, backbone {r.backbone}, schedule {r.schedule}")
+            parts.append(
+                f"run {r.run_id} (seed {r.seed}, {r.status}, trained {progress(r)} epochs): "
+                f"data {r.data}, backbone {r.backbone}, schedule {r.schedule}"
+            )
         for r in cell.running:
-            parts.append(f"run {r.run_id} (seed {r.seed}, RUNNING, at epoch {progress(r)}): "
-                         f"data {r.data}, backbone {r.backbone}, schedule {r.schedule}")
+            parts.append(
+                f"run {r.run_id} (seed {r.seed}, RUNNING, at epoch {progress(r)}): "
+                f"data {r.data}, backbone {r.backbone}, schedule {r.schedule}"
+            )
         if not parts:
             parts.append(cell.label)
         notes = [row.note] if row.note else []
@@ -112,7 +117,8 @@ def table_frame(table: Table) -> pd.DataFrame:
                 rec[f"{m}_paper"] = row.paper[m]
                 rec[f"{m}_diff"] = rec[f"{m}_ours"] - row.paper[m]
         rec |= {
-            "state": cell.label, "n": cell.n,
+            "state": cell.label,
+            "n": cell.n,
             "run_ids": " ".join(r.run_id for r in cell.used),
             "seeds": " ".join(r.seed for r in cell.used),
             "dataset": " ".join(sorted({r.data for r in cell.used})),
@@ -131,8 +137,20 @@ def to_csv(table: Table) -> str:
     return table_frame(table).to_csv(index=False)
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$", DASH: "--"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+    "±": r"$\pm$",
+    DASH: "--",
+}
 
 
 def _tex(text: str) -> str:
@@ -148,11 +166,21 @@ def to_latex(table: Table) -> str:
     spec = "l" * lead + "rrr" * len(METRICS) + "r" * extras + "l"
     top = ["", ""][:lead] + [rf"\multicolumn{{3}}{{c}}{{{m}}}" for m in METRICS]
     top += [_tex(x) for x in table.extra_metrics] + [""]
-    second = (["row", "epoch"][:lead] + ["ours", "paper", r"$\Delta$"] * len(METRICS)
-              + ["ours only"] * extras + ["state"])
-    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(table.title)}}}", rf"\label{{tab:cnet-{table.spec.key}}}",
-           r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{{spec}}}", r"\hline",
-           " & ".join(top) + r" \\", " & ".join(second) + r" \\", r"\hline"]
+    second = (
+        ["row", "epoch"][:lead] + ["ours", "paper", r"$\Delta$"] * len(METRICS) + ["ours only"] * extras + ["state"]
+    )
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{_tex(table.title)}}}",
+        rf"\label{{tab:cnet-{table.spec.key}}}",
+        r"\resizebox{\linewidth}{!}{%",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\hline",
+        " & ".join(top) + r" \\",
+        " & ".join(second) + r" \\",
+        r"\hline",
+    ]
     out += [" & ".join(_tex(c) for c in line) + r" \\" for line in body(table)]
     out += [r"\hline", r"\end{tabular}}", r"\end{table}", "", f"% {_tex(RULE_NOTE)}", r"\begin{itemize}"]
     out += [rf"\item {_tex(line)}" for line in provenance_lines(table)]
@@ -167,8 +195,9 @@ def to_png(table: Table, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [row.name + (f"\n{table.spec.paper_epochs(row)} ep" if _has_epoch(table) else "")
-             for row in table.spec.rows]
+    names = [
+        row.name + (f"\n{table.spec.paper_epochs(row)} ep" if _has_epoch(table) else "") for row in table.spec.rows
+    ]
     paper = [row.paper["AP"] for row in table.spec.rows]
     x = range(len(names))
     width = 0.38
@@ -179,15 +208,22 @@ def to_png(table: Table, path: Path) -> None:
         mean = cell.mean.get("AP", math.nan)
         if cell.n and math.isfinite(mean):
             std = cell.std.get("AP", math.nan)
-            ax.bar(i - width / 2, mean, width, color="#1f77b4", yerr=std if math.isfinite(std) else None,
-                   capsize=3)
+            ax.bar(i - width / 2, mean, width, color="#1f77b4", yerr=std if math.isfinite(std) else None, capsize=3)
             ax.text(i - width / 2, mean, f"{mean:.1f}", ha="center", va="bottom", fontsize=8)
             top = max(top, mean)
             if cell.state != "ok":
                 ax.text(i - width / 2, mean / 2, cell.label, ha="center", va="center", rotation=90, fontsize=7)
         else:
-            ax.text(i - width / 2, 1.0, cell.label if cell.n == 0 else "n/a", ha="center", va="bottom",
-                    rotation=90, fontsize=8, color="#b00020")
+            ax.text(
+                i - width / 2,
+                1.0,
+                cell.label if cell.n == 0 else "n/a",
+                ha="center",
+                va="bottom",
+                rotation=90,
+                fontsize=8,
+                color="#b00020",
+            )
     handles = [plt.Rectangle((0, 0), 1, 1, color="#1f77b4"), plt.Rectangle((0, 0), 1, 1, color="#9aa5b1")]
     ax.legend(handles, ["ours", "paper"], loc="upper left")
     ax.set_xticks(list(x), names, fontsize=8)
@@ -219,4 +255,3 @@ def write_all(table: Table, out_dir: Path) -> dict[str, str]:
         (out_dir / f"{table.spec.key}.{ext}").write_text(text)
     to_png(table, out_dir / f"{table.spec.key}.png")
     return texts
-

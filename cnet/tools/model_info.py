@@ -1,23 +1,20 @@
-"""Parameter counts of the composed detector: `python -m cnet.model_info [overrides...]`.
+"""Parameter counts of the composed detector: `python -m cnet.tools.model_info [overrides...]`.
 
 Composes the same Hydra config as train.py (e.g. ``backbone=hourglass104 matching=ae1d``) and
 prints the total, the backbone's and the count used at inference (backbone + last stack's head:
 earlier stacks' heads only serve intermediate supervision). No dataset is read: the number of
 classes is ``num_classes`` (default 80, COCO).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from torch import nn
 
+from cnet.compose import build_detector, compose_config
 from cnet.detector import CornerDetector
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def count(module: nn.Module) -> int:
@@ -36,9 +33,7 @@ def parameter_counts(model: CornerDetector) -> dict[str, int]:
 
 
 def build_model(overrides: list[str], num_classes: int = 80) -> CornerDetector:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return CornerDetector(instantiate(cfg.backbone), num_classes, instantiate(cfg.matching), instantiate(cfg.adaption))
+    return build_detector(compose_config(overrides), num_classes)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,11 +1,11 @@
-"""Rebuild the paper's Tables 4-6 from MLflow runs, beside the paper's numbers.
+"""The paper's Tables 4-6 as a table model: specs, the cell-selection rule, built tables.
 
-``python -m cnet.report table4|table5|table6 [--tracking-uri URI] [--format md|csv|tex]
-[--experiment NAME] [--sweep-id ID] [--out-dir reports]``
+No MLflow here: the runs arrive as one pandas DataFrame shaped like ``mlflow.search_runs``'s
+(``tags.*``, ``params.*``, ``metrics.*``; read by :mod:`cnet.tools.report`, rendered by
+:mod:`cnet.tools.report_render`).
 
 The rows, their configurations and the paper's numbers are data: ``experiments/<table>.yaml``.
-Runs come from ``mlflow.search_runs`` (every experiment unless ``--experiment``) as one pandas
-DataFrame; each table cell is then chosen by this rule (see :func:`select_cell`):
+Each table cell is chosen from the runs by this rule (see :func:`select_cell`):
 
 1. candidates: runs whose tags equal the row's ``config`` (``matching``, ``adaption``,
    ``mask_head`` -- absent on a run means ``"none"``); a row with ``epochs`` (Table 6) also needs
@@ -21,11 +21,10 @@ DataFrame; each table cell is then chosen by this rule (see :func:`select_cell`)
 Our numbers are ``metrics.bbox_*`` x 100 (percent, like the paper). COCO reports -1 for an
 area range without objects: such a figure is shown as ``n/a``, never as a number.
 """
+
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +34,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-# mlflow (3 s to import) is imported only where runs are read: an empty store never pays for it.
+from cnet.resources import EXPERIMENTS_DIR
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 METRICS = ("AP", "AP50", "AP75", "APS", "APM", "APL")  # the paper's columns, metrics.bbox_<name>
 TAG_DEFAULTS = {"mask_head": "none"}  # a run without this tag was trained without that part
 TERMINAL_FAILED = ("FAILED", "KILLED")
@@ -122,8 +119,7 @@ class Table:
     @property
     def extra_metrics(self) -> tuple[str, ...]:
         """The spec's ours-only metrics that at least one used run logged."""
-        return tuple(x for x in self.spec.extra_metrics
-                     if any(c.n and x not in c.absent for c in self.cells))
+        return tuple(x for x in self.spec.extra_metrics if any(c.n and x not in c.absent for c in self.cells))
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -160,63 +156,23 @@ def load_spec(table: str, experiments_dir: Path = EXPERIMENTS_DIR) -> TableSpec:
             raise ValueError(f"{where}.paper must have exactly {list(METRICS)}, got {list(paper)}")
         config = {str(k): str(v) for k, v in row["config"].items() if k != "epochs"}
         epochs = row["config"].get("epochs")
-        rows.append(RowSpec(
-            name=str(row["name"]), config=config, paper={m: float(paper[m]) for m in METRICS},
-            epochs=None if epochs is None else int(epochs), note=str(row.get("note", "")),
-        ))
-    return TableSpec(key=table, title=" ".join(str(raw["title"]).split()), experiment=str(raw["experiment"]),
-                     setting=dict(raw["setting"]), rows=tuple(rows),
-                     extra_metrics=tuple(str(m) for m in raw.get("extra_metrics", ())))
-
-
-# ---------------------------------------------------------------- runs from MLflow
-
-
-def missing_sqlite_store(uri: str) -> bool:
-    """True for a ``sqlite:///`` URI whose database file does not exist (not created by us)."""
-    if not uri.startswith("sqlite:///"):
-        return False
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return bool(path) and path != ":memory:" and not Path(path).exists()
-
-
-def fetch_runs(tracking_uri: str, experiment: str | None = None, sweep_id: str | None = None) -> pd.DataFrame:
-    """All active runs as ``mlflow.search_runs`` returns them (``tags.*``, ``params.*``, ``metrics.*``).
-
-    Every experiment unless ``experiment`` (a name) is given; ``sweep_id`` keeps the runs with that
-    ``tags.sweep_id``. A missing SQLite file or experiment gives an empty frame.
-    """
-    if missing_sqlite_store(tracking_uri):
-        return pd.DataFrame(columns=["run_id", "status", "start_time"])
-    if sweep_id and "'" in sweep_id:
-        raise ValueError(f"--sweep-id must not contain a quote, got {sweep_id!r}")
-    import mlflow
-
-    where = {"search_all_experiments": True} if experiment is None else {"experiment_names": [experiment]}
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI; restored below
-    try:
-        return mlflow.search_runs(filter_string=f"tags.sweep_id = '{sweep_id}'" if sweep_id else "", **where)
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
-def history_last_epoch(tracking_uri: str) -> Callable[[str], int | None]:
-    """``run_id -> last step of its train_total history`` (None if never logged), cached."""
-    clients: list[Any] = []  # made on first use: opening a SQLite store creates it
-    cache: dict[str, int | None] = {}
-
-    def last_epoch(run_id: str) -> int | None:
-        if run_id not in cache:
-            if not clients:
-                from mlflow.tracking import MlflowClient
-
-                clients.append(MlflowClient(tracking_uri))
-            steps = [m.step for m in clients[0].get_metric_history(run_id, "train_total")]
-            cache[run_id] = max(steps) if steps else None
-        return cache[run_id]
-
-    return last_epoch
+        rows.append(
+            RowSpec(
+                name=str(row["name"]),
+                config=config,
+                paper={m: float(paper[m]) for m in METRICS},
+                epochs=None if epochs is None else int(epochs),
+                note=str(row.get("note", "")),
+            )
+        )
+    return TableSpec(
+        key=table,
+        title=" ".join(str(raw["title"]).split()),
+        experiment=str(raw["experiment"]),
+        setting=dict(raw["setting"]),
+        rows=tuple(rows),
+        extra_metrics=tuple(str(m) for m in raw.get("extra_metrics", ())),
+    )
 
 
 # ---------------------------------------------------------------- cell selection
@@ -254,9 +210,16 @@ def _run_ref(run: pd.Series, last_epoch: Callable[[str], int | None]) -> RunRef:
 
     epochs = _to_int(run.get("params.schedule.epochs"))
     epochs = _to_int(run.get("tags.schedule_epochs")) if epochs is None else epochs
-    return RunRef(run_id=str(run["run_id"]), seed=get("params.seed"), status=str(run["status"]),
-                  data=get("tags.data"), backbone=get("tags.backbone"), schedule=get("tags.schedule"),
-                  epochs=epochs, trained=last_epoch(str(run["run_id"])))
+    return RunRef(
+        run_id=str(run["run_id"]),
+        seed=get("params.seed"),
+        status=str(run["status"]),
+        data=get("tags.data"),
+        backbone=get("tags.backbone"),
+        schedule=get("tags.schedule"),
+        epochs=epochs,
+        trained=last_epoch(str(run["run_id"])),
+    )
 
 
 def is_partial(ref: RunRef) -> bool:
@@ -278,9 +241,8 @@ def _percent(value: Any) -> float:
     return value * 100.0 if math.isfinite(value) and value >= 0 else math.nan
 
 
-def select_cell(runs: pd.DataFrame, columns: dict[str, str],
-                last_epoch: Callable[[str], int | None]) -> Cell:
-    """Apply the documented rule (module docstring) to the candidate ``runs`` of one row.
+def select_cell(runs: pd.DataFrame, columns: dict[str, str], last_epoch: Callable[[str], int | None]) -> Cell:
+    """Apply the documented rule (this module's docstring) to the candidate ``runs`` of one row.
 
     Args:
         runs: candidate runs (columns ``run_id``, ``status``, ``start_time``, ``params.seed``,
@@ -356,44 +318,3 @@ def build_table(spec: TableSpec, runs: pd.DataFrame, last_epoch: Callable[[str],
     columns = {m: f"metrics.bbox_{m}" for m in METRICS} | {x: f"metrics.{x}" for x in spec.extra_metrics}
     cells = [select_cell(match_row(runs, row), columns, last_epoch) for row in spec.rows]
     return Table(spec=spec, cells=cells, title=flagged_title(spec, cells))
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def default_tracking_uri() -> str:
-    """As ``train.py``: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project>/mlflow.db``."""
-    from cnet.tracking import resolve_tracking_uri  # imports mlflow
-
-    return resolve_tracking_uri(None, PROJECT_ROOT)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from cnet import report_render as render
-
-    tables = available_tables()
-    parser = argparse.ArgumentParser(prog="python -m cnet.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("table", choices=tables, help="which paper table (experiments/<table>.yaml)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db)")
-    parser.add_argument("--format", choices=("md", "csv", "tex"), default="md", help="what to print")
-    parser.add_argument("--experiment", default=None, help="only this MLflow experiment (default: all)")
-    parser.add_argument("--sweep-id", default=None, help="only runs with this tags.sweep_id")
-    parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="where <table>.{md,csv,tex,png} go")
-    args = parser.parse_args(argv)
-
-    spec = load_spec(args.table)
-    uri = args.tracking_uri or default_tracking_uri()
-    if missing_sqlite_store(uri):
-        print(f"note: no MLflow store at {uri}: every cell is 'not run'", file=sys.stderr)
-    runs = fetch_runs(uri, args.experiment, args.sweep_id)
-    table = build_table(spec, runs, history_last_epoch(uri))
-    texts = render.write_all(table, args.out_dir)
-    print(texts[args.format], end="")
-    print(f"wrote {', '.join(str(args.out_dir / f'{spec.key}.{ext}') for ext in ('md', 'csv', 'tex', 'png'))}",
-          file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

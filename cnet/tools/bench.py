@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m cnet.bench` (what `make bench` runs); results go to reports/bench.{json,md}.
+"""Benchmarks: `python -m cnet.tools.bench` (what `make bench` runs); results go to reports/bench.{json,md}.
 
 * decode: post-processing time per image of every matching strategy at COCO scale (80 classes,
   128 x 128 maps, top-100 corners per side, 1000 pairs, soft-NMS, 100 detections), batch 1 and 8.
@@ -10,35 +10,29 @@ CPU adaption run, which takes minutes at COCO scale), measured in one process;
 the report also gives each option's ratio to the reference option (centripetal / none). Runs on
 CUDA as well (``--device cuda``), synchronising around every timed call.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from cnet.adaption.base import Adaption
+from cnet.compose import group_options, option_factory
 from cnet.heads import CornerFeatures
+from cnet.matching.base import Matching
 from cnet.postprocess import PostProcess
 from cnet.targets import encode_corners
-from cnet.types import GroundTruth, Grid, ImageMeta, Outputs
+from cnet.types import Grid, GroundTruth, ImageMeta, Outputs
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-REPORTS = Path(__file__).resolve().parents[1] / "reports"
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def component(group: str, name: str, **kwargs):
-    return instantiate(OmegaConf.load(CONF / group / f"{name}.yaml"))(**kwargs)
+REPORTS = Path("reports")  # relative to where it is started (the repository root for `make bench`)
 
 
 def timed(fn: Callable[[], object], repeats: int, device: torch.device, warmup: bool = True) -> float:
@@ -56,10 +50,12 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device, warmup: 
     return statistics.median(times)
 
 
-def random_outputs(name: str, batch: int, size: int, num_classes: int, device: torch.device) -> tuple[Outputs, object]:
+def random_outputs(
+    name: str, batch: int, size: int, num_classes: int, device: torch.device
+) -> tuple[Outputs, Matching]:
     """Dense maps of strategy ``name`` for a [batch, 3, 4*size-1, ...] input; logits ~ N(-3, 2)."""
     g = torch.Generator().manual_seed(0)
-    matching = component("matching", name, in_channels=8, num_classes=num_classes).to(device).eval()
+    matching = option_factory("matching", name)(in_channels=8, num_classes=num_classes).to(device).eval()
     feats = CornerFeatures(*[torch.randn(batch, 8, size, size, generator=g).to(device) for _ in range(5)])
     with torch.no_grad():
         level = matching(feats)
@@ -74,12 +70,12 @@ def random_outputs(name: str, batch: int, size: int, num_classes: int, device: t
 
 def bench_decode(batches: list[int], size: int, num_classes: int, repeats: int, device: torch.device) -> list[dict]:
     rows = []
-    for name in options("matching"):
+    for name in group_options("matching"):
         for b in batches:
             outputs, matching = random_outputs(name, b, size, num_classes, device)
             metas = [ImageMeta(0, outputs.input_size, outputs.input_size)] * b
             pp = PostProcess(matching, corner_topk=100, num_dets=1000, max_per_image=100)
-            sec = timed(lambda: pp(outputs, metas), repeats, device)
+            sec = timed(functools.partial(pp, outputs, metas), repeats, device)
             rows.append({"matching": name, "batch": b, "ms_per_image": 1000 * sec / b})
             print(f"decode  {name:<22} batch {b}: {1000 * sec / b:8.1f} ms/image", flush=True)
     return rows
@@ -90,16 +86,18 @@ def bench_adaption(batch: int, channels: int, size: int, repeats: int, device: t
     g = torch.Generator().manual_seed(0)
     grid = Grid(4 * size - 1, 4 * size - 1, size, size)
     # a few boxes per image so the modules with their own loss (guiding shift, box size) train
-    gts = [GroundTruth(torch.tensor([[40.0, 60.0, 300.0, 260.0], [200.0, 100.0, 480.0, 500.0]]), torch.tensor([0, 1]))
-           for _ in range(batch)]
+    gts = [
+        GroundTruth(torch.tensor([[40.0, 60.0, 300.0, 260.0], [200.0, 100.0, 480.0, 500.0]]), torch.tensor([0, 1]))
+        for _ in range(batch)
+    ]
     corners = encode_corners([t.to(device) for t in gts], grid, num_classes=2)
     tl = torch.randn(batch, channels, size, size, generator=g).to(device).requires_grad_()
     br = torch.randn(batch, channels, size, size, generator=g).to(device).requires_grad_()
-    for name in options("adaption"):
-        module = component("adaption", name, in_channels=channels).to(device).train()
+    for name in group_options("adaption"):
+        module = option_factory("adaption", name)(in_channels=channels).to(device).train()
         targets = module.encode_targets(corners, grid)
 
-        def step() -> None:
+        def step(module: Adaption = module, targets: dict = targets) -> None:
             tl_out, br_out, maps = module(tl, br)
             losses = module.loss(maps, targets, corners)
             total = tl_out.mean() + br_out.mean() + sum(module.loss_weights[k] * v for k, v in losses.items())
@@ -123,20 +121,35 @@ def to_markdown(result: dict) -> str:
     lines = [f"# cnet benchmarks ({env['device']}, torch {env['torch']}, {env['threads']} threads)", ""]
     n_ad = result.get("adaption_repeats", result["repeats"])
     ad_runs = "one run" if n_ad == 1 else f"median of {n_ad}"
-    lines += [f"Decode: medians of {result['repeats']} runs after a warm-up; adaption: {ad_runs}. "
-              "One process, `python -m cnet.bench`.", ""]
+    lines += [
+        f"Decode: medians of {result['repeats']} runs after a warm-up; adaption: {ad_runs}. "
+        "One process, `python -m cnet.tools.bench`.",
+        "",
+    ]
     if result.get("decode"):
-        lines += [f"## Decode time per image ({st['num_classes']} classes, {st['map_size']}x{st['map_size']} maps, "
-                  "top-100 corners, 1000 pairs, soft-NMS)", "",
-                  "| matching | batch | ms / image | vs centripetal |", "|---|---|---|---|"]
-        lines += [f"| {r['matching']} | {r['batch']} | {r['ms_per_image']:.1f} | {r.get('ratio', float('nan')):.2f}x |"
-                  for r in result["decode"]]
+        lines += [
+            f"## Decode time per image ({st['num_classes']} classes, {st['map_size']}x{st['map_size']} maps, "
+            "top-100 corners, 1000 pairs, soft-NMS)",
+            "",
+            "| matching | batch | ms / image | vs centripetal |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['matching']} | {r['batch']} | {r['ms_per_image']:.1f} | {r.get('ratio', float('nan')):.2f}x |"
+            for r in result["decode"]
+        ]
         lines.append("")
     if result.get("adaption"):
-        lines += [f"## Adaption forward + backward ({st['channels']} channels, {st['map_size']}x{st['map_size']})", "",
-                  "| adaption | batch | ms fwd+bwd | vs none |", "|---|---|---|---|"]
-        lines += [f"| {r['adaption']} | {r['batch']} | {r['ms_fwd_bwd']:.1f} | {r.get('ratio', float('nan')):.1f}x |"
-                  for r in result["adaption"]]
+        lines += [
+            f"## Adaption forward + backward ({st['channels']} channels, {st['map_size']}x{st['map_size']})",
+            "",
+            "| adaption | batch | ms fwd+bwd | vs none |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['adaption']} | {r['batch']} | {r['ms_fwd_bwd']:.1f} | {r.get('ratio', float('nan')):.1f}x |"
+            for r in result["adaption"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -148,20 +161,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=128, help="output-map side (COCO 511 input: 128)")
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--adaption-batch", type=int, default=6)
-    parser.add_argument("--adaption-repeats", type=int, default=None,
-                        help="repeats for the adaption bench (default --repeats; deformable backward is slow on CPU)")
+    parser.add_argument(
+        "--adaption-repeats",
+        type=int,
+        default=None,
+        help="repeats for the adaption bench (default --repeats; deformable backward is slow on CPU)",
+    )
     parser.add_argument("--out", type=Path, default=REPORTS / "bench")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     result: dict = {
         "environment": {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
         },
         "repeats": args.repeats,
         "adaption_repeats": args.adaption_repeats or args.repeats,
-        "setting": {"map_size": args.size, "num_classes": 80, "channels": args.channels,
-                    "adaption_batch": args.adaption_batch},
+        "setting": {
+            "map_size": args.size,
+            "num_classes": 80,
+            "channels": args.channels,
+            "adaption_batch": args.adaption_batch,
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     suffix = "" if device.type == "cpu" else f"_{device.type}"
@@ -177,7 +200,9 @@ def main(argv: list[str] | None = None) -> None:
         result["decode"] = with_ratios(rows, "matching", "ms_per_image", "centripetal", "batch")
         write()
     if args.only in (None, "adaption"):
-        rows = bench_adaption(args.adaption_batch, args.channels, args.size, args.adaption_repeats or args.repeats, device)
+        rows = bench_adaption(
+            args.adaption_batch, args.channels, args.size, args.adaption_repeats or args.repeats, device
+        )
         result["adaption"] = with_ratios(rows, "adaption", "ms_fwd_bwd", "none")
         write()
     print(f"wrote {json_path} and {md_path}")

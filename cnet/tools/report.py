@@ -1,0 +1,118 @@
+"""Rebuild the paper's Tables 4-6 from MLflow runs, beside the paper's numbers.
+
+``python -m cnet.tools.report table4|table5|table6 [--tracking-uri URI] [--format md|csv|tex]
+[--experiment NAME] [--sweep-id ID] [--out-dir reports]``
+
+Runs come from ``mlflow.search_runs`` (every experiment unless ``--experiment``) as one pandas
+DataFrame; the rows (``experiments/<table>.yaml``) and the rule that picks each cell's runs live
+in :mod:`cnet.tools.report_tables`; :mod:`cnet.tools.report_render` writes the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cnet.tools import report_render as render
+from cnet.tools.report_tables import available_tables, build_table, load_spec
+
+# mlflow (3 s to import) is imported only where runs are read: an empty store never pays for it.
+
+
+# ---------------------------------------------------------------- runs from MLflow
+
+
+def missing_sqlite_store(uri: str) -> bool:
+    """True for a ``sqlite:///`` URI whose database file does not exist (not created by us)."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return bool(path) and path != ":memory:" and not Path(path).exists()
+
+
+def fetch_runs(tracking_uri: str, experiment: str | None = None, sweep_id: str | None = None) -> pd.DataFrame:
+    """All active runs as ``mlflow.search_runs`` returns them (``tags.*``, ``params.*``, ``metrics.*``).
+
+    Every experiment unless ``experiment`` (a name) is given; ``sweep_id`` keeps the runs with that
+    ``tags.sweep_id``. A missing SQLite file or experiment gives an empty frame.
+    """
+    if missing_sqlite_store(tracking_uri):
+        return pd.DataFrame(columns=["run_id", "status", "start_time"])
+    if sweep_id and "'" in sweep_id:
+        raise ValueError(f"--sweep-id must not contain a quote, got {sweep_id!r}")
+    import mlflow
+
+    where = {"search_all_experiments": True} if experiment is None else {"experiment_names": [experiment]}
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI; restored below
+    try:
+        return mlflow.search_runs(filter_string=f"tags.sweep_id = '{sweep_id}'" if sweep_id else "", **where)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def history_last_epoch(tracking_uri: str) -> Callable[[str], int | None]:
+    """``run_id -> last step of its train_total history`` (None if never logged), cached."""
+    clients: list[Any] = []  # made on first use: opening a SQLite store creates it
+    cache: dict[str, int | None] = {}
+
+    def last_epoch(run_id: str) -> int | None:
+        if run_id not in cache:
+            if not clients:
+                from mlflow.tracking import MlflowClient
+
+                clients.append(MlflowClient(tracking_uri))
+            steps = [m.step for m in clients[0].get_metric_history(run_id, "train_total")]
+            cache[run_id] = max(steps) if steps else None
+        return cache[run_id]
+
+    return last_epoch
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def default_tracking_uri() -> str:
+    """As ``train.py``: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<current folder>/mlflow.db``."""
+    from cnet.tracking import resolve_tracking_uri  # imports mlflow
+
+    return resolve_tracking_uri(None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    tables = available_tables()
+    parser = argparse.ArgumentParser(prog="python -m cnet.tools.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", choices=tables, help="which paper table (experiments/<table>.yaml)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<current folder>/mlflow.db)",
+    )
+    parser.add_argument("--format", choices=("md", "csv", "tex"), default="md", help="what to print")
+    parser.add_argument("--experiment", default=None, help="only this MLflow experiment (default: all)")
+    parser.add_argument("--sweep-id", default=None, help="only runs with this tags.sweep_id")
+    parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="where <table>.{md,csv,tex,png} go")
+    args = parser.parse_args(argv)
+
+    spec = load_spec(args.table)
+    uri = args.tracking_uri or default_tracking_uri()
+    if missing_sqlite_store(uri):
+        print(f"note: no MLflow store at {uri}: every cell is 'not run'", file=sys.stderr)
+    runs = fetch_runs(uri, args.experiment, args.sweep_id)
+    table = build_table(spec, runs, history_last_epoch(uri))
+    texts = render.write_all(table, args.out_dir)
+    print(texts[args.format], end="")
+    print(
+        f"wrote {', '.join(str(args.out_dir / f'{spec.key}.{ext}') for ext in ('md', 'csv', 'tex', 'png'))}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
