@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from tests.slurm.cluster import LocalSlurm
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO_TINY = ROOT.parent / "shared" / "data" / "coco_tiny"
@@ -25,3 +31,34 @@ def synthetic_root(tmp_path_factory) -> Path:
     return generate_synthetic(
         tmp_path_factory.mktemp("synth"), seed=0, num_train=24, num_val=8, num_val_crowd=4, image_size=96
     )
+
+
+SLURM_SKIP_REASON = "SLURM not installed (apt-get install slurmctld slurmd slurm-client munge)"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> Iterator[LocalSlurm]:
+    """A real single-node SLURM cluster (slurmctld + slurmd) for the whole session, or a skip.
+
+    While it runs, SLURM_CONF points the clients (sbatch, squeue, submitit) at it, and PYTHONPATH
+    starts with the repository root so jobs can unpickle functions from `tests.slurm.jobs`.
+    """
+    from tests.slurm.cluster import LocalSlurm, available
+
+    ok, _ = available()
+    if not ok:
+        pytest.skip(SLURM_SKIP_REASON)
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    saved = {key: os.environ.get(key) for key in ("SLURM_CONF", "PYTHONPATH")}
+    try:
+        cluster.start()
+        os.environ.update(cluster.env())
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), saved["PYTHONPATH"]) if p)
+        yield cluster
+    finally:
+        cluster.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
