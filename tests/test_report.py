@@ -237,7 +237,8 @@ def test_command_line_groups_win_over_the_experiments_defaults(table):
 
 def test_sweep_composes_with_the_slurm_launcher():
     cfg = compose_hydra(["+experiment=table5", "hydra/launcher=slurm_gpu", "data.root=/data/coco"])
-    assert cfg.hydra.launcher.gpus_per_node == 1 and "SlurmLauncher" in cfg.hydra.launcher._target_
+    assert cfg.hydra.launcher.gpus_per_node == 8 and "SlurmLauncher" in cfg.hydra.launcher._target_
+    assert cfg.hydra.launcher.tasks_per_node == 8  # one task per GPU
     assert cfg.hydra.sweeper.params.adaption == "none,dcn,roi_conv,cross_star"
 
 

@@ -5,6 +5,8 @@ Skipped with a reason when SLURM is not installed; `.ci/run` installs it so CI r
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import submitit
 
 from tests.slurm.cluster import LocalSlurm
 from tests.slurm.jobs import Resumable, all_reduce_rank
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.timeout(120)]
 
@@ -54,3 +58,27 @@ def test_checkpointable_job_is_preempted_checkpointed_requeued_and_resumes(slurm
     assert job.result() == 2, job.stderr()
     assert (work / "checkpointed").exists()
     assert (work / "starts").read_text() == "2"
+
+
+def test_hydra_sweep_with_the_slurm_cpu_launcher(slurm_cluster: LocalSlurm, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "app" / "app.py"),
+            "-m",
+            f"hydra.searchpath=[file://{ROOT / 'conf'}]",
+            "hydra/launcher=slurm_cpu",
+            f"hydra.sweep.dir={sweep}",
+            "x=7",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    ranks = sorted(p.name for p in (sweep / "0").glob("rank*.txt"))
+    assert ranks == ["rank0.txt", "rank1.txt"], res.stdout + res.stderr
+    assert (sweep / "0" / "rank1.txt").read_text().startswith("7 2 ")
