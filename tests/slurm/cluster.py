@@ -297,7 +297,8 @@ class LocalSlurm:
         import pwd
 
         munge = pwd.getpwnam("munge")
-        self._munge_dir.mkdir(mode=0o700, exist_ok=True)
+        self._munge_dir.mkdir(exist_ok=True)
+        self._munge_dir.chmod(0o755)  # munged wants its socket's folder reachable by every user
         key = self._munge_dir / "munge.key"
         if not key.exists():
             system_key = Path("/etc/munge/munge.key")
@@ -313,11 +314,13 @@ class LocalSlurm:
             f"--log-file={self._log_file('munged')}",
             f"--seed-file={self._munge_dir / 'munged.seed'}",
         ]
-        for path in (self.run_dir, self.log_dir):
+        for path in (self.run_dir, self.log_dir):  # munged writes its pid and log files there
             os.chown(path, munge.pw_uid, munge.pw_gid)
-        self._spawn("munged", cmd, user="munge")
-        for path in (self.run_dir, self.log_dir):
-            os.chown(path, 0, 0)
+        try:
+            self._spawn("munged", cmd, user="munge")
+        finally:
+            for path in (self.run_dir, self.log_dir):
+                os.chown(path, os.getuid(), os.getgid())
 
     def _ctld_up(self) -> bool:
         self._check_alive("slurmctld")
