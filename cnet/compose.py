@@ -19,7 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cnet.detector import CornerDetector
 from cnet.resources import CONFIG_DIR
-from cnet.run import Run, ScheduleConfig, TestConfig
+from cnet.run import Run, TestConfig
+from cnet.schedule import ScheduleConfig
 from cnet.trainer import TrainerConfig
 
 Config = DictConfig  # the composed configuration, for type hints outside this module

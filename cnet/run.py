@@ -14,13 +14,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cnet import distributed
 from cnet.criterion import Criterion
 from cnet.data import CocoData, collate
+from cnet.data.sampler import GlobalBatchSampler, ShardSampler
 from cnet.detector import CornerDetector
 from cnet.oracle import CornerOracle
 from cnet.postprocess import PostProcess
 from cnet.predictor import Predictor, test_views
-from cnet.schedule import warmup_multistep
+from cnet.schedule import ScheduleConfig, warmup_multistep
 from cnet.trainer import Callback, Trainer, TrainerConfig, TrainState
 
 log = logging.getLogger(__name__)
@@ -41,17 +43,6 @@ class LogMetrics(Callback):
 
     def on_evaluate(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics, step=epoch)
-
-
-@dataclass
-class ScheduleConfig:
-    """``conf/schedule``: epochs, lr decay milestones (epochs) and warm-up (iterations)."""
-
-    epochs: int
-    milestones: list[int]
-    gamma: float = 0.1
-    warmup_iters: int = 500
-    warmup_ratio: float = 1 / 3
 
 
 @dataclass
@@ -76,9 +67,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
+# the paper's global batch (§4.1: 16 GPUs x 6 images), for which its lr 5e-4 was tuned
+PAPER_GLOBAL_BATCH = 96
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: this process's GPU (its local rank) when CUDA is available, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -108,67 +104,59 @@ class Run:
         extra_val: dict[str, CocoData] | None = None,
     ) -> None:
         seed_everything(seed)
-        self.out_dir, self.device = out_dir, resolve_device(device)
+        self.env = distributed.current()
+        self.out_dir, self.device = out_dir, resolve_device(device, self.env.local_rank)
         train_set = data.train_dataset(train_transform)
         val_sets = {"bbox": data.val_dataset(test_transform)}
         for name, extra in (extra_val or {}).items():  # e.g. "crowd": the look-alike-crowd split
             val_sets[f"{name}_bbox"] = extra.val_dataset(test_transform)
+        world, accum = self.env.world_size, trainer.accum_steps(self.env.world_size)
+        # one generator shared by the sampler and the loader (which draws its worker seed from it first)
         g = torch.Generator().manual_seed(seed)
-        self.train_loader = DataLoader(
-            train_set,
-            batch_size=trainer.batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=g,
-            num_workers=trainer.num_workers,
-            collate_fn=collate,
-            persistent_workers=False,
-            pin_memory=self.device.type == "cuda",
-        )
-        if len(self.train_loader) == 0:
+        sampler = GlobalBatchSampler(len(train_set), trainer.batch_size, world, self.env.rank, accum, g)
+        if sampler.steps_per_epoch == 0:
             raise ValueError(
-                f"trainer.batch_size={trainer.batch_size} exceeds the {len(train_set)} training images; lower it"
+                f"trainer.batch_size={trainer.batch_size} x {world} processes x {accum} accumulation steps "
+                f"exceeds the {len(train_set)} training images; lower trainer.batch_size or trainer.global_batch"
             )
+        self.train_loader = DataLoader(
+            train_set, batch_sampler=sampler, generator=g, num_workers=trainer.num_workers, collate_fn=collate,
+            persistent_workers=False, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
         self.val_loaders = {
-            k: DataLoader(v, batch_size=1, shuffle=False, num_workers=trainer.num_workers, collate_fn=collate)
+            k: DataLoader(v, batch_size=1, sampler=ShardSampler(len(v), world, self.env.rank),
+                          num_workers=trainer.num_workers, collate_fn=collate)
             for k, v in val_sets.items()
-        }
+        }  # fmt: skip
         self.model = CornerDetector(backbone, train_set.num_classes, **cast(dict[str, Any], parts)).to(self.device)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.criterion = Criterion(train_set.num_classes, self.model.parts)
         self.postprocess = PostProcess(
-            self.model.matching,
-            test.corner_topk,
-            test.num_dets,
-            test.max_per_image,
-            test.nms_sigma,
-            test.nms_min_score,
-            test.kernel,
-        )
+            self.model.matching, test.corner_topk, test.num_dets, test.max_per_image,
+            test.nms_sigma, test.nms_min_score, test.kernel,
+        )  # fmt: skip
         oracle = CornerOracle(train_set.num_classes) if test.matching_only else None
         self.predictor = Predictor(self.model, self.postprocess, test_views(test.flip), oracle)
         self.optimizer = optimizer(self.model.parameters())
         self.scheduler = warmup_multistep(
-            self.optimizer,
-            len(self.train_loader),
-            schedule.milestones,
-            schedule.gamma,
-            schedule.warmup_iters,
-            schedule.warmup_ratio,
-        )
+            self.optimizer, sampler.steps_per_epoch, schedule.milestones, schedule.gamma,
+            schedule.warmup_iters, schedule.warmup_ratio,
+        )  # fmt: skip
         self.trainer = Trainer(
-            self.model,
-            self.criterion,
-            self.optimizer,
-            self.scheduler,
-            self.train_loader,
-            self.predictor,
-            self.val_loaders,
-            trainer,
-            schedule.epochs,
-            out_dir,
-            self.device,
-        )
+            self.model, self.criterion, self.optimizer, self.scheduler, self.train_loader, self.predictor,
+            self.val_loaders, trainer, schedule, out_dir, self.device, seed=seed,
+        )  # fmt: skip
+        self.batch = {
+            "world_size": world,
+            "batch_per_process": trainer.batch_size,
+            "accum_steps": accum,
+            "global_batch": sampler.global_batch,
+            "lr": self.scheduler.base_lrs[0],
+            "precision": trainer.precision,
+        }
+        log.info("batch: %s", ", ".join(f"{k} {v}" for k, v in self.batch.items()))
+        if sampler.global_batch != PAPER_GLOBAL_BATCH:
+            log.info("global batch %d differs from the paper's %d", sampler.global_batch, PAPER_GLOBAL_BATCH)
         ckpt = self.trainer.checkpoint_path
         self.resume = TrainState.load(ckpt) if ckpt.exists() else None
         self.resume_run_id: str | None = self.resume.mlflow_run_id if self.resume else None

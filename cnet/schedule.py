@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+
+@dataclass
+class ScheduleConfig:
+    """``conf/schedule``: epochs, lr decay milestones (epochs), warm-up (iterations), clipping.
+
+    The paper's recipe (schedule=paper, ablation) has no warm-up and no gradient clipping;
+    mmdetection's (schedule=mmdet) warms up for 500 iterations and clips the norm at 35.
+    """
+
+    epochs: int
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_iters: int = 0
+    warmup_ratio: float = 1 / 3
+    clip_grad: float | None = None  # max gradient L2 norm (None: off)
 
 
 def warmup_multistep(

@@ -3,29 +3,40 @@
 A :class:`Trainer` owns the model, criterion, optimizer, scheduler and loaders; its whole
 resumable state is a :class:`TrainState`, which is exactly what a checkpoint holds. Per-epoch
 side effects (metric logging, tests that stop a run) go through :class:`Callback` hooks.
+Data-parallel runs wrap the model in DistributedDataParallel; rank 0 alone writes checkpoints.
+A checkpoint is also written mid-epoch every ``checkpoint_every_min`` minutes and when SLURM
+announces pre-emption (SIGUSR2, submitit's signal): a requeued job resumes at the same step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cnet import distributed
 from cnet.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cnet.criterion import Criterion
+from cnet.data.sampler import GlobalBatchSampler
 from cnet.predictor import Predictor, evaluate
+from cnet.schedule import ScheduleConfig
 from cnet.types import GroundTruth
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -34,27 +45,50 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainerConfig:
-    """``conf/trainer``: batching and loop settings.
+    """``conf/trainer``: batching, precision and loop settings.
 
-    batch_size: images per step; num_workers: loader processes; clip_grad: max gradient L2 norm
-    (None: off); eval_every: evaluate every n epochs besides the end (0: only at the end);
-    progress: show a progress bar.
+    batch_size: images per process and micro-batch; global_batch: images per optimizer step over
+    all processes (None: batch_size x processes; larger: gradient accumulation); num_workers:
+    loader processes; eval_every: evaluate every n epochs besides the end (0: only at the end);
+    progress: progress bar (rank 0); precision: fp32 | bf16 | fp16 autocast around the model
+    (losses and targets stay fp32); channels_last, compile: memory format and torch.compile;
+    sync_bn: SyncBatchNorm across processes (default: per-GPU statistics, as the paper);
+    checkpoint_every_min: also checkpoint mid-epoch this often (0: off).
     """
 
     batch_size: int = 16
+    global_batch: int | None = None
     num_workers: int = 0
-    clip_grad: float | None = 35.0
     eval_every: int = 0
     progress: bool = True
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    checkpoint_every_min: float = 0.0
+
+    def accum_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step and process that reach ``global_batch``."""
+        per_step = self.batch_size * world_size
+        if self.global_batch is None:
+            return 1
+        if self.global_batch % per_step:
+            raise ValueError(
+                f"trainer.global_batch={self.global_batch} is not a multiple of trainer.batch_size="
+                f"{self.batch_size} x {world_size} processes; change one of them"
+            )
+        return self.global_batch // per_step
 
 
 @dataclass
 class TrainState:
     """Everything a run needs to continue: the checkpoint's keys, one to one.
 
-    epoch: completed epochs; step: optimizer steps taken; model/optimizer/scheduler: state
-    dicts; rng: :func:`cnet.checkpoint.rng_state`; mlflow_run_id: the run to continue logging
-    into; metrics: the latest evaluation figures.
+    epoch: completed epochs; step: optimizer steps taken; batch_in_epoch: micro-batches of epoch
+    ``epoch`` already trained (mid-epoch checkpoint; 0 at an epoch boundary); epoch_sums: the
+    running loss sums of that partial epoch; model/optimizer/scheduler: state dicts; rng:
+    :func:`cnet.checkpoint.rng_state`; mlflow_run_id: the run to continue logging into;
+    metrics: the latest evaluation figures.
     """
 
     epoch: int
@@ -65,6 +99,8 @@ class TrainState:
     rng: dict[str, Any]
     mlflow_run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    batch_in_epoch: int = 0
+    epoch_sums: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> TrainState:
@@ -79,7 +115,7 @@ class TrainState:
 
 
 class Callback:
-    """Hooks called by :meth:`Trainer.fit`; override what you need."""
+    """Hooks called by :meth:`Trainer.fit` on rank 0; override what you need."""
 
     def on_train_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         """After training epoch ``epoch`` (1-based count of completed epochs), before its checkpoint."""
@@ -90,21 +126,25 @@ class Callback:
     def on_checkpoint(self, trainer: Trainer, epoch: int) -> None:
         """After the checkpoint of ``epoch`` completed epochs was written."""
 
+    def on_step(self, trainer: Trainer, step: int) -> None:
+        """After optimizer step ``step`` (1-based)."""
+
 
 def to_device(images: Tensor, targets: list[GroundTruth], device: torch.device) -> tuple[Tensor, list[GroundTruth]]:
     return images.to(device, non_blocking=True), [t.to(device) for t in targets]
 
 
 class Trainer:
-    """Trains for ``epochs`` epochs, checkpointing each, evaluating every ``eval_every`` and at the end.
+    """Trains for ``schedule.epochs`` epochs, checkpointing each, evaluating every ``eval_every`` and at the end.
 
     Args:
-        model, criterion, optimizer, scheduler: the parts of one run (scheduler steps per iteration).
-        train_loader: training batches ``(images, targets, metas)``.
+        model, criterion, optimizer, scheduler: the parts of one run (scheduler steps per optimizer step).
+        train_loader: micro-batches ``(images, targets, metas)`` from a :class:`GlobalBatchSampler`.
         predictor, val_loaders: evaluation; metrics are ``<variant><loader>_<figure>``.
-        config: loop settings; epochs: the schedule's length.
+        config: loop settings; schedule: epochs and gradient clipping.
         out_dir: checkpoints (``checkpoints/last.pt``) and results files.
-        callbacks: per-epoch hooks, called in order.
+        callbacks: hooks, called in order (rank 0 only).
+        seed: the run's seed (the data order of an epoch depends on epoch and seed only).
     """
 
     def __init__(
@@ -117,34 +157,55 @@ class Trainer:
         predictor: Predictor,
         val_loaders: dict[str, DataLoader],
         config: TrainerConfig,
-        epochs: int,
+        schedule: ScheduleConfig,
         out_dir: Path,
         device: torch.device,
         callbacks: list[Callback] | None = None,
+        seed: int = 0,
     ) -> None:
         self.model, self.criterion, self.optimizer, self.scheduler = model, criterion, optimizer, scheduler
         self.train_loader, self.predictor, self.val_loaders = train_loader, predictor, val_loaders
-        self.config, self.epochs, self.out_dir, self.device = config, epochs, out_dir, device
+        self.config, self.schedule, self.out_dir, self.device = config, schedule, out_dir, device
+        self.epochs, self.seed = schedule.epochs, seed
         self.callbacks = list(callbacks or [])
-        self.epoch, self.step = 0, 0
+        self.env = distributed.current()
+        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
+        self.epoch_sums: dict[str, float] = {}
         self.mlflow_run_id: str | None = None
         self.metrics: dict[str, float] = {}
+        self.amp_dtype = PRECISIONS[config.precision]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.train_model = self._wrap(model)
+        self._checkpoint_requested = False
+        self._last_checkpoint = time.monotonic()
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training loop calls: channels-last, SyncBN, DDP and torch.compile as configured."""
+        if self.config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.env.distributed:
+            if self.config.sync_bn:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return cast(nn.Module, torch.compile(model)) if self.config.compile else model
 
     @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / "checkpoints" / "last.pt"
 
+    @property
+    def batch_sampler(self) -> GlobalBatchSampler:
+        sampler = self.train_loader.batch_sampler
+        assert isinstance(sampler, GlobalBatchSampler), "the train loader needs a GlobalBatchSampler"
+        return sampler
+
     def state(self) -> TrainState:
         return TrainState(
-            self.epoch,
-            self.step,
-            self.model.state_dict(),
-            self.optimizer.state_dict(),
-            self.scheduler.state_dict(),
-            rng_state(),
-            self.mlflow_run_id,
-            dict(self.metrics),
-        )
+            self.epoch, self.step, self.model.state_dict(), self.optimizer.state_dict(),
+            self.scheduler.state_dict(), rng_state(), self.mlflow_run_id, dict(self.metrics),
+            self.batch_in_epoch, dict(self.epoch_sums),
+        )  # fmt: skip
 
     def load_state(self, state: TrainState) -> None:
         """Continue from ``state`` (weights, optimizer, schedule, RNG, counters, run id, figures)."""
@@ -152,7 +213,8 @@ class Trainer:
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         set_rng_state(state.rng)
-        self.epoch, self.step = int(state.epoch), int(state.step)
+        self.epoch, self.step, self.batch_in_epoch = int(state.epoch), int(state.step), int(state.batch_in_epoch)
+        self.epoch_sums = dict(state.epoch_sums)
         self.mlflow_run_id, self.metrics = state.mlflow_run_id, dict(state.metrics)
 
     def load_weights(self, state: TrainState) -> None:
@@ -160,81 +222,144 @@ class Trainer:
         self.model.load_state_dict(state.model)
         self.epoch, self.metrics = int(state.epoch), dict(state.metrics)
 
-    def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the loader; the mean of every weighted loss term and of the total."""
-        model, weight_dict = self.model, self.criterion.weight_dict
-        model.train()
-        sums: dict[str, float] = {}
-        n_batches, n_images, t0 = 0, 0, time.perf_counter()
-        bar = tqdm(
-            self.train_loader,
-            desc=f"epoch {epoch}",
-            disable=not self.config.progress,
-            leave=False,
-            file=sys.stderr,
-            mininterval=0.5 if sys.stderr.isatty() else 10.0,
-        )
-        for it, (images, targets, _) in enumerate(bar):
-            images, targets = to_device(images, targets, self.device)
-            losses = self.criterion(model(images), targets)
-            weighted = {k: weight_dict[k] * v for k, v in losses.items()}
+    def save(self) -> None:
+        """Rank 0 writes the checkpoint (atomically); the others wait for it."""
+        if self.env.is_main:
+            self.state().save(self.checkpoint_path)
+        distributed.barrier()
+        self._last_checkpoint = time.monotonic()
+
+    def _request_checkpoint(self, signum: int, frame: Any) -> None:
+        self._checkpoint_requested = True
+
+    def _checkpoint_due(self) -> bool:
+        """True on every rank when any rank was signalled or the time-based interval ran out."""
+        every = self.config.checkpoint_every_min
+        due = self._checkpoint_requested or bool(every and time.monotonic() - self._last_checkpoint > 60 * every)
+        if self.env.distributed:
+            flag = torch.tensor([float(due)], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            due = bool(flag.item())
+        return due
+
+    def _forward_backward(self, images: Tensor, targets: list[GroundTruth], sync: bool) -> dict[str, Tensor]:
+        """Weighted losses of one micro-batch; gradients accumulate (DDP all-reduces when ``sync``)."""
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        no_sync = getattr(self.train_model, "no_sync", None)
+        ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
+        with ctx:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.config.precision != "fp32"):
+                outputs = self.train_model(images)
+            losses = self.criterion(outputs.float(), targets)  # targets and losses in fp32
             loss = self.criterion.total(losses)
             if not torch.isfinite(loss):
                 parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, iteration {it} ({parts})")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.config.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), self.config.clip_grad)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
+                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {self.epoch}, step {self.step} ({parts})")
+            self.scaler.scale(loss / self.accum_steps).backward()
+        weighted = {k: self.criterion.weight_dict[k] * v.detach() for k, v in losses.items()}
+        return weighted | {"total": loss.detach()}
+
+    def _optimizer_step(self) -> None:
+        if self.schedule.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.schedule.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """The rest of epoch ``epoch``; the mean over its micro-batches of every weighted loss term and the total."""
+        self.train_model.train()
+        sums, n_images, t0 = self.epoch_sums, 0, time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", disable=not (self.config.progress and self.env.is_main),
+                   leave=False, file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 10.0)  # fmt: skip
+        for images, targets in ((i, t) for i, t, _ in bar):
+            images, targets = to_device(images, targets, self.device)
+            last_micro = (self.batch_in_epoch + 1) % self.accum_steps == 0
+            weighted = self._forward_backward(images, targets, sync=last_micro)
             for k, v in weighted.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
-            sums["total"] = sums.get("total", 0.0) + loss.item()
-            n_batches += 1
+            self.batch_in_epoch += 1
             n_images += images.shape[0]
-            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
-        means = {k: v / max(n_batches, 1) for k, v in sums.items()}
-        means["images_per_s"] = n_images / max(time.perf_counter() - t0, 1e-9)
+            img_s = n_images / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{weighted['total'].item():.3f}", img_s=f"{img_s:.1f}")
+            if not last_micro:
+                continue
+            self._optimizer_step()
+            for cb in self.callbacks:
+                cb.on_step(self, self.step)
+            if self._checkpoint_due():
+                self._checkpoint_mid_epoch()
+        n = max(self.batch_in_epoch, 1)
+        means = {k: v / n for k, v in sums.items()}
+        means["images_per_s"] = n_images * self.env.world_size / max(time.perf_counter() - t0, 1e-9)
         return means
+
+    def _checkpoint_mid_epoch(self) -> None:
+        self.save()
+        log.info("mid-epoch checkpoint: epoch %d, micro-batch %d, step %d", self.epoch, self.batch_in_epoch, self.step)
+        if self._checkpoint_requested:
+            self._checkpoint_requested = False
+            previous = self._previous_usr2
+            if callable(previous):  # submitit: requeue this job, then exit
+                previous(signal.SIGUSR2, None)
 
     def evaluate(self) -> dict[str, float]:
         """COCO figures of the current weights on every val loader (no training needed)."""
         self.metrics = evaluate(self.predictor, self.val_loaders, self.device, self.out_dir, f"epoch {self.epoch}")
-        for cb in self.callbacks:
-            cb.on_evaluate(self, self.epoch, self.metrics)
+        if self.env.is_main:
+            for cb in self.callbacks:
+                cb.on_evaluate(self, self.epoch, self.metrics)
         return self.metrics
 
-    def _set_epoch(self, epoch: int) -> None:
-        loader = self.train_loader
-        if hasattr(loader.dataset, "set_epoch"):
-            loader.dataset.set_epoch(epoch)
-        generator = getattr(loader.sampler, "generator", None)
-        if generator is not None:
-            generator.manual_seed(1000003 * (epoch + 1))  # order depends on the epoch only
+    @property
+    def accum_steps(self) -> int:
+        return self.batch_sampler.accum_steps
 
     def fit(self) -> dict[str, float]:
-        """Train from ``self.epoch`` to ``self.epochs``, checkpointing each epoch, then evaluate."""
-        if self.epoch:
-            log.info("resuming from %s after epoch %d", self.checkpoint_path, self.epoch)
+        """Train from the loaded state to ``epochs``, checkpointing each epoch, then evaluate."""
+        if self.epoch or self.batch_in_epoch:
+            log.info("resuming %s: epoch %d, micro-batch %d", self.checkpoint_path, self.epoch, self.batch_in_epoch)
+        self._previous_usr2 = _install(signal.SIGUSR2, self._request_checkpoint)
+        try:
+            self._fit()
+        finally:
+            _install(signal.SIGUSR2, self._previous_usr2)
+        return self.metrics
+
+    def _fit(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
         for epoch in range(self.epoch, self.epochs):
-            self._set_epoch(epoch)
+            self.batch_sampler.set_epoch(epoch, self.seed, start=self.batch_in_epoch)
+            if hasattr(self.train_loader.dataset, "set_epoch"):
+                self.train_loader.dataset.set_epoch(epoch)
             t0 = time.perf_counter()
             logs = self.train_one_epoch(epoch)
             logs["lr"] = self.optimizer.param_groups[0]["lr"]
             logs["epoch_time_s"] = time.perf_counter() - t0
-            self.epoch = epoch + 1
+            self.epoch, self.batch_in_epoch, self.epoch_sums = epoch + 1, 0, {}
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
-            for cb in self.callbacks:
-                cb.on_train_epoch_end(self, self.epoch, logs)
+            if self.env.is_main:
+                for cb in self.callbacks:
+                    cb.on_train_epoch_end(self, self.epoch, logs)
             if self.config.eval_every and self.epoch % self.config.eval_every == 0 and self.epoch < self.epochs:
                 self.evaluate()
-            self.state().save(self.checkpoint_path)
-            for cb in self.callbacks:
-                cb.on_checkpoint(self, self.epoch)
+            self.save()
+            if self.env.is_main:
+                for cb in self.callbacks:
+                    cb.on_checkpoint(self, self.epoch)
         self.evaluate()
         if not all(math.isfinite(v) for v in self.metrics.values()):
             log.warning("some evaluation figures are not finite: %s", self.metrics)
-        self.state().save(self.checkpoint_path)
-        return self.metrics
+        self.save()
+
+
+def _install(signum: int, handler: Any) -> Any:
+    """Set a signal handler where that is possible (the main thread); return the previous one."""
+    try:
+        return signal.signal(signum, handler)
+    except ValueError:  # not the main thread (e.g. a test runner's worker thread)
+        return None

@@ -126,6 +126,11 @@ class Outputs:
     input_size: tuple[int, int]
     features: Tensor | None = None
 
+    def float(self) -> Outputs:
+        """The same maps in fp32 (after a mixed-precision forward: losses and decoding run in fp32)."""
+        levels = [{k: v.float() for k, v in level.items()} for level in self.levels]
+        return Outputs(levels, self.input_size, None if self.features is None else self.features.float())
+
     @property
     def grid(self) -> Grid:
         out_h, out_w = self.levels[-1]["tl_heat"].shape[-2:]

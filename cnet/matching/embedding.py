@@ -62,9 +62,9 @@ def embedding_loss(
 ) -> tuple[Tensor, Tensor]:
     """Pull and push of predicted embedding maps ``tl_emb``/``br_emb`` [B, D, H, W].
 
-    ``ae_pull_push`` per image on the embeddings gathered at the objects' corner cells,
-    averaged over the images that have objects (0 when none has). mmdet/CornerNet *sum* over the
-    images of a GPU (6 per GPU in mmdet): a constant factor absorbed by the loss weights.
+    ``ae_pull_push`` per image on the embeddings gathered at the objects' corner cells, *summed*
+    over the images of the batch (one GPU's batch), as CornerNet and mmdetection do
+    (docs/implementation_facts.md §5): the 0.1/0.1 weights were tuned for that scale.
     """
     tl_obj = gather_at(tl_emb, targets["ae_tl_inds"])  # [B, M, D]
     br_obj = gather_at(br_emb, targets["ae_br_inds"])
@@ -78,7 +78,7 @@ def embedding_loss(
     if not pulls:
         zero = (tl_emb.sum() + br_emb.sum()) * 0  # exact 0 that still reaches the layers
         return zero, zero
-    return torch.stack(pulls).mean(), torch.stack(pushes).mean()
+    return torch.stack(pulls).sum(), torch.stack(pushes).sum()
 
 
 def embedding_distance(tl_emb: Tensor, br_emb: Tensor) -> Tensor:

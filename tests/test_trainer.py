@@ -1,0 +1,181 @@
+"""The Trainer end to end on a tiny synthetic set: train + evaluate, kill-and-resume (epoch and
+mid-epoch), NaN guard, gradient accumulation, mixed precision, channels-last and torch.compile."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnet.adaption.cross_star import CrossStar
+from cnet.adaption.none import NoAdaption
+from cnet.backbone import HourglassNet
+from cnet.data import SyntheticData, TestTransform, TrainTransform
+from cnet.matching.centripetal import Centripetal
+from cnet.run import Run, TestConfig, seed_everything
+from cnet.schedule import ScheduleConfig
+from cnet.trainer import Callback, NonFiniteLossError, TrainerConfig
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> SyntheticData:
+    return SyntheticData(
+        str(tmp_path_factory.mktemp("cache")), seed=0, num_train=16, num_val=4, num_val_crowd=2, image_size=60
+    )
+
+
+def make_run(
+    data: SyntheticData, out_dir: Path, epochs: int = 2, lr: float = 5e-4, adaption=CrossStar, **trainer
+) -> Run:
+    seed_everything(0)
+    backbone = HourglassNet(
+        num_stacks=2, stage_channels=(16, 16, 24), stage_blocks=(1, 1, 1), stem_channels=8, feat_channels=16
+    )
+    return Run(
+        data=data,
+        train_transform=TrainTransform(crop_size=63),
+        test_transform=TestTransform(pad_or=63),
+        backbone=backbone,
+        parts={"matching": functools.partial(Centripetal), "adaption": functools.partial(adaption)},
+        optimizer=functools.partial(torch.optim.Adam, lr=lr),
+        schedule=ScheduleConfig(epochs=epochs, milestones=[1], warmup_iters=2),
+        trainer=TrainerConfig(**({"batch_size": 4, "progress": False} | trainer)),
+        test=TestConfig(flip=True, corner_topk=20, num_dets=100),
+        out_dir=out_dir,
+        seed=0,
+    )
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_train_evaluate_and_kill_resume_match_uninterrupted(data, tmp_path):
+    full = make_run(data, tmp_path / "full")
+    metrics = full.fit()
+    assert {"bbox_AP", "bbox_AP50", "bbox_AR100"} <= metrics.keys()
+    assert (tmp_path / "full" / "results_bbox.json").exists()
+    assert (tmp_path / "full" / "checkpoints" / "last.pt").exists()
+
+    class StopAfterFirst(Callback):
+        def on_checkpoint(self, trainer, epoch: int) -> None:
+            if epoch == 1:
+                raise Interrupt  # killed between epochs, after the epoch-1 checkpoint was written
+
+    first = make_run(data, tmp_path / "cut")
+    with pytest.raises(Interrupt):
+        first.fit(callbacks=[StopAfterFirst()])
+    resumed = make_run(data, tmp_path / "cut")
+    assert resumed.resume is not None and resumed.resume.epoch == 1
+    resumed.fit()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+    assert resumed.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
+    run = make_run(data, tmp_path, epochs=1)
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"previous good checkpoint")
+    with torch.no_grad():
+        next(run.model.heads[-1].tl_heat.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="epoch 0"):
+        run.fit()
+    assert ckpt.read_bytes() == b"previous good checkpoint"
+
+
+def test_batch_larger_than_dataset_is_a_clear_error(data, tmp_path):
+    with pytest.raises(ValueError, match=r"trainer\.batch_size"):
+        backbone = HourglassNet(
+            num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1), stem_channels=8, feat_channels=16
+        )
+        Run(
+            data,
+            TrainTransform(crop_size=63),
+            TestTransform(pad_or=63),
+            backbone,
+            {"matching": functools.partial(Centripetal), "adaption": functools.partial(CrossStar)},
+            functools.partial(torch.optim.Adam),
+            ScheduleConfig(1, [1]),
+            TrainerConfig(batch_size=1000),
+            TestConfig(),
+            tmp_path,
+        )
+
+
+def weights_equal(a: Run, b: Run) -> bool:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+class PreemptAt(Callback):
+    """SIGUSR2 (SLURM's pre-emption notice) after optimizer step ``at``; the job dies one step later."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step(self, trainer, step: int) -> None:
+        if step == self.at:
+            os.kill(os.getpid(), signal.SIGUSR2)  # handled before the next step: checkpoint now
+        elif step == self.at + 1:
+            raise Interrupt  # killed after the checkpoint, mid-epoch
+
+
+@pytest.mark.slow
+def test_mid_epoch_preemption_resumes_at_the_same_step_bit_identical(data, tmp_path):
+    full = make_run(data, tmp_path / "full", adaption=NoAdaption)
+    full.fit()
+    cut = make_run(data, tmp_path / "cut", adaption=NoAdaption)
+    with pytest.raises(Interrupt):
+        cut.fit(callbacks=[PreemptAt(2)])  # 4 steps per epoch: stops inside epoch 0
+    resumed = make_run(data, tmp_path / "cut", adaption=NoAdaption)
+    assert resumed.resume is not None
+    assert (resumed.resume.epoch, resumed.resume.batch_in_epoch, resumed.resume.step) == (0, 2, 2)
+    resumed.fit()
+    assert weights_equal(full, resumed), "mid-epoch resume diverged from the uninterrupted run"
+    assert resumed.trainer.step == full.trainer.step == 8
+
+
+@pytest.mark.slow
+def test_accumulation_reaches_the_global_batch_with_the_same_schedule(data, tmp_path):
+    """batch 2 x 2 accumulation steps: 4 optimizer steps per epoch (16 images / 4), like batch 4."""
+    run = make_run(data, tmp_path, epochs=1, adaption=NoAdaption, batch_size=2, global_batch=4)
+    assert run.batch == {"world_size": 1, "batch_per_process": 2, "accum_steps": 2, "global_batch": 4,
+                         "lr": 5e-4, "precision": "fp32"}  # fmt: skip
+    run.fit()
+    assert run.trainer.step == 4
+
+
+def test_global_batch_must_be_a_multiple_of_the_process_batch(data, tmp_path):
+    with pytest.raises(ValueError, match=r"trainer\.global_batch=10 .* trainer\.batch_size=4"):
+        make_run(data, tmp_path, global_batch=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "option",
+    [{"precision": "bf16"}, {"channels_last": True}, {"compile": True}],
+    ids=["bf16", "channels_last", "compile"],
+)
+def test_mixed_precision_channels_last_and_compile_train_an_epoch(data, tmp_path, option):
+    run = make_run(data, tmp_path, epochs=1, adaption=NoAdaption, **option)
+    seen: list[dict[str, float]] = []
+
+    class Losses(Callback):
+        def on_train_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
+            seen.append(logs)
+
+    run.fit(callbacks=[Losses()])
+    assert seen and all(torch.isfinite(torch.tensor(v)) for v in seen[0].values()), seen
+    assert seen[0]["total"] > 0
+    if "precision" in option:  # the model really ran in bf16 (autocast), the losses in fp32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = run.model.train()(torch.randn(1, 3, 63, 63))
+        assert out.levels[-1]["tl_heat"].dtype == torch.bfloat16
+        assert out.float().levels[-1]["tl_heat"].dtype == torch.float32
