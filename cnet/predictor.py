@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cnet import distributed
 from cnet.evaluation.coco_eval import detections_to_coco, evaluate_coco, format_table, write_results
 from cnet.ops import mirror_boxes
 from cnet.postprocess import Candidates, PostProcess
@@ -143,6 +144,16 @@ class Predictor:
         return ids, dets
 
 
+def _interleave(per_rank: list[list[Any]]) -> list[Any]:
+    """Undo :class:`cnet.data.sampler.ShardSampler`: rank r's k-th item is dataset item r + k * world."""
+    world = len(per_rank)
+    out: list[Any] = [None] * sum(len(items) for items in per_rank)
+    for r, items in enumerate(per_rank):
+        for k, item in enumerate(items):
+            out[r + k * world] = item
+    return out
+
+
 def evaluate(
     predictor: Predictor,
     loaders: dict[str, DataLoader],
@@ -154,12 +165,20 @@ def evaluate(
 
     Loaders' datasets expose ``coco`` and ``label_to_cat_id``; each variant's detections are
     written to ``out_dir/results_<variant><loader>.json``. Tables are printed in the order
-    variant-major (plain first, then matching-only).
+    variant-major (plain first, then matching-only). In a data-parallel group each rank predicts
+    its shard; rank 0 gathers them in dataset order, scores them and shares the figures.
     """
+    env = distributed.current()
     figures: dict[str, dict[str, float]] = {}
     for name, loader in loaders.items():
         dataset: Any = loader.dataset  # a CocoDetection: ``coco`` and ``label_to_cat_id``
         ids, dets = predictor.predict(loader, device)
+        if env.distributed:
+            shards = distributed.all_gather_objects((ids, dets))
+            ids = _interleave([s[0] for s in shards])
+            dets = {v: _interleave([s[1][v] for s in shards]) for v in dets}
+        if not env.is_main:
+            continue
         for variant, per_image in dets.items():
             tag = f"{variant}{name}"
             results = detections_to_coco(ids, per_image, dataset.label_to_cat_id)
@@ -167,9 +186,10 @@ def evaluate(
                 write_results(out_dir / f"results_{tag}.json", results)
             figures[tag] = evaluate_coco(dataset.coco, results, iou_type="bbox")
     metrics: dict[str, float] = {}
-    for variant in predictor.variants():
-        for name in loaders:
-            tag = f"{variant}{name}"
-            metrics |= {f"{tag}_{k}": v for k, v in figures[tag].items()}
-            print(f"[{tag}] {header}\n{format_table(figures[tag])}", flush=True)
-    return metrics
+    if env.is_main:
+        for variant in predictor.variants():
+            for name in loaders:
+                tag = f"{variant}{name}"
+                metrics |= {f"{tag}_{k}": v for k, v in figures[tag].items()}
+                print(f"[{tag}] {header}\n{format_table(figures[tag])}", flush=True)
+    return distributed.broadcast_object(metrics)

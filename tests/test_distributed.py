@@ -1,0 +1,110 @@
+"""Data-parallel training on CPU (gloo): DDP equals gradient accumulation; sharded evaluation equals
+one process; one MLflow run per job; a DDP checkpoint loads in a single process."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from mlflow.tracking import MlflowClient
+
+from cnet.adaption.none import NoAdaption
+from cnet.backbone import HourglassNet
+from cnet.compose import build_detector, compose_config
+from cnet.data import SyntheticData, TestTransform, TrainTransform
+from cnet.matching.centripetal import Centripetal
+from cnet.run import Run, TestConfig, seed_everything
+from cnet.schedule import ScheduleConfig
+from cnet.trainer import TrainerConfig, TrainState
+from tests.test_train_cli import FAST, ROOT
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def make_run(cache: str, out_dir: Path) -> Run:
+    seed_everything(0)
+    backbone = HourglassNet(
+        num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1), stem_channels=8, feat_channels=16
+    )
+    return Run(
+        data=SyntheticData(cache, seed=0, num_train=8, num_val=5, num_val_crowd=2, image_size=60),
+        train_transform=TrainTransform(crop_size=63), test_transform=TestTransform(pad_or=63), backbone=backbone,
+        parts={"matching": functools.partial(Centripetal), "adaption": functools.partial(NoAdaption)},
+        optimizer=functools.partial(torch.optim.Adam, lr=5e-4), schedule=ScheduleConfig(epochs=1),
+        trainer=TrainerConfig(batch_size=2, progress=False), test=TestConfig(corner_topk=20, num_dets=100),
+        out_dir=out_dir,
+    )  # fmt: skip
+
+
+def _evaluate_worker(rank: int, world: int, port: int, cache: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        run = make_run(cache, Path(out) / "ddp")
+        metrics = run.trainer.evaluate()  # untrained weights: identical on every rank (same seed)
+        torch.save(metrics, Path(out) / f"metrics_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_equals_one_process_figure_for_figure(tmp_path):
+    cache = str(tmp_path / "cache")
+    single = make_run(cache, tmp_path / "single").trainer.evaluate()
+    # spawn: the port is chosen just before and used at once; a clash would fail loudly, not silently
+    mp.spawn(_evaluate_worker, args=(2, free_port(), cache, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"metrics_rank{rank}.pt") == single  # every figure, exactly
+    for results in sorted((tmp_path / "single").glob("results_*.json")):
+        assert results.read_bytes() == (tmp_path / "ddp" / results.name).read_bytes(), results.name
+    assert not (tmp_path / "ddp" / "checkpoints").exists()  # evaluation writes no checkpoint
+
+
+def train(tmp: Path, name: str, launcher: list[str], extra: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CNET_CACHE_DIR=str(tmp / "cache"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/{name}.db",
+               OMP_NUM_THREADS="1")  # fmt: skip
+    args = [*launcher, str(ROOT / "train.py"), *FAST, f"hydra.run.dir={tmp / name}", "adaption=none", *extra]
+    return subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
+
+
+def parameters(path: Path) -> dict[str, torch.Tensor]:
+    state = TrainState.load(path)
+    model = build_detector(compose_config(["adaption=none"]), 4)
+    model.load_state_dict(state.model)  # strict: a DDP checkpoint loads into a plain model
+    return dict(model.named_parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside the interpreter")
+def test_two_process_ddp_equals_one_process_with_two_accumulation_steps(tmp_path):
+    batch = ["trainer.batch_size=2", "trainer.global_batch=4", "schedule.warmup_iters=0"]
+    one = train(tmp_path, "accum", [sys.executable], batch)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = train(tmp_path, "ddp", [str(TORCHRUN), "--standalone", "--nproc_per_node=2"], batch)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "accum_steps 2" in one.stdout and "world_size 2, batch_per_process 2, accum_steps 1" in two.stdout
+    a, b = parameters(tmp_path / "accum/checkpoints/last.pt"), parameters(tmp_path / "ddp/checkpoints/last.pt")
+    assert a.keys() == b.keys()
+    worst = max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp(min=1e-12)).item() for k in a)
+    assert worst <= 1e-6, f"max relative difference {worst:.3g}"
+    assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a)
+    runs = MlflowClient(f"sqlite:///{tmp_path}/ddp.db").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{tmp_path}/ddp.db").search_experiments()]
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 tracked nothing
+    assert runs[0].data.params["batch.world_size"] == "2" and runs[0].data.tags["paper_batch"] == "false"
+    assert runs[0].data.metrics["bbox_AP"] >= 0
