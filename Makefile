@@ -32,9 +32,11 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # decode: median of 5 after a warm-up; adaption at COCO scale: one timed run (deformable-conv
-# backward takes minutes per module on a CPU). On a GPU: `.venv/bin/python -m cnet.tools.bench --device cuda`
+# backward takes minutes per module on a CPU); training images/s with 1 and 2 CPU processes.
+# On a GPU: `.venv/bin/python -m cnet.tools.bench --device cuda` and `-m cnet.tools.bench_train --device cuda`
 bench: $(STAMP)
 	$(PY) -m cnet.tools.bench --repeats 5 --adaption-repeats 1
+	$(PY) -m cnet.tools.bench_train --device cpu
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --port 5000

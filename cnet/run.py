@@ -106,6 +106,8 @@ class Run:
         seed_everything(seed)
         self.env = distributed.current()
         self.out_dir, self.device = out_dir, resolve_device(device, self.env.local_rank)
+        if self.device.type == "cuda":  # TF32 matmuls/convolutions for the fp32 parts (bf16 autocast elsewhere)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         train_set = data.train_dataset(train_transform)
         val_sets = {"bbox": data.val_dataset(test_transform)}
         for name, extra in (extra_val or {}).items():  # e.g. "crowd": the look-alike-crowd split
@@ -167,7 +169,7 @@ class Run:
             train_set.num_classes,
             self.num_parameters,
             self.device,
-            f", resuming after epoch {self.resume.epoch}" if self.resume else "",
+            f", resuming at epoch {self.resume.epoch} micro-batch {self.resume.batch_in_epoch}" if self.resume else "",
         )
 
     def fit(self, tracker: MetricLogger | None = None, callbacks: list[Callback] | None = None) -> dict[str, float]:

@@ -87,8 +87,8 @@ class TrainState:
     epoch: completed epochs; step: optimizer steps taken; batch_in_epoch: micro-batches of epoch
     ``epoch`` already trained (mid-epoch checkpoint; 0 at an epoch boundary); epoch_sums: the
     running loss sums of that partial epoch; model/optimizer/scheduler: state dicts; rng:
-    :func:`cnet.checkpoint.rng_state`; mlflow_run_id: the run to continue logging into;
-    metrics: the latest evaluation figures.
+    :func:`cnet.checkpoint.rng_state` (rank 0's; ``rank_rng``: every rank's, in a group);
+    mlflow_run_id: the run to continue logging into; metrics: the latest evaluation figures.
     """
 
     epoch: int
@@ -101,6 +101,7 @@ class TrainState:
     metrics: dict[str, float] = field(default_factory=dict)
     batch_in_epoch: int = 0
     epoch_sums: dict[str, float] = field(default_factory=dict)
+    rank_rng: list[dict[str, Any]] = field(default_factory=list)  # every rank's ``rng``, in rank order
 
     @classmethod
     def load(cls, path: Path) -> TrainState:
@@ -201,10 +202,12 @@ class Trainer:
         return sampler
 
     def state(self) -> TrainState:
+        """The resumable state; in a group every rank must call it (the RNG states are gathered)."""
+        rank_rng = distributed.all_gather_objects(rng_state())
         return TrainState(
             self.epoch, self.step, self.model.state_dict(), self.optimizer.state_dict(),
-            self.scheduler.state_dict(), rng_state(), self.mlflow_run_id, dict(self.metrics),
-            self.batch_in_epoch, dict(self.epoch_sums),
+            self.scheduler.state_dict(), rank_rng[0], self.mlflow_run_id, dict(self.metrics),
+            self.batch_in_epoch, dict(self.epoch_sums), rank_rng if self.env.distributed else [],
         )  # fmt: skip
 
     def load_state(self, state: TrainState) -> None:
@@ -212,7 +215,8 @@ class Trainer:
         self.model.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
-        set_rng_state(state.rng)
+        same_world = len(state.rank_rng) == self.env.world_size
+        set_rng_state(state.rank_rng[self.env.rank] if same_world else state.rng)
         self.epoch, self.step, self.batch_in_epoch = int(state.epoch), int(state.step), int(state.batch_in_epoch)
         self.epoch_sums = dict(state.epoch_sums)
         self.mlflow_run_id, self.metrics = state.mlflow_run_id, dict(state.metrics)
@@ -224,8 +228,9 @@ class Trainer:
 
     def save(self) -> None:
         """Rank 0 writes the checkpoint (atomically); the others wait for it."""
+        state = self.state()
         if self.env.is_main:
-            self.state().save(self.checkpoint_path)
+            state.save(self.checkpoint_path)
         distributed.barrier()
         self._last_checkpoint = time.monotonic()
 
