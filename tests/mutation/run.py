@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mutants import MUTANTS, Mutant  # noqa: E402
+from mutants import MUTANTS, Mutant
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTEST = [
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((m, result, detail, time.monotonic() - t0))
             print(f"{result:8s} {m.name:40s} {time.monotonic() - t0:6.1f}s  {detail}", flush=True)
     survived = [m.name for m, result, _, _ in rows if result == "survived"]
-    print(f"\n| mutant | component | result | caught by | s |\n|---|---|---|---|---|")
+    print("\n| mutant | component | result | caught by | s |\n|---|---|---|---|---|")
     for m, result, detail, secs in rows:
         print(f"| {m.name} | {m.component} | {result} | {detail} | {secs:.1f} |")
     total = time.monotonic() - start
