@@ -127,7 +127,7 @@ MUTANTS: list[Mutant] = [
         "cnet/matching/base.py",
         "& (tl.ys[:, :, None] < br.ys[:, None, :])",
         "& (tl.ys[:, :, None] == tl.ys[:, :, None])",
-        ("tests/matching/test_centripetal.py",),
+        ("tests/matching/test_embedding.py",),
     ),
     # --- adaption modules
     Mutant(
