@@ -281,7 +281,7 @@ MUTANTS: list[Mutant] = [
         "cnet/trainer.py",
         "        self.scheduler.load_state_dict(state.scheduler)\n",
         "",
-        ("tests/test_engine.py", "tests/test_checkpoint.py"),
+        ("tests/test_trainer.py",),
     ),
     # --- tracking
     Mutant(
