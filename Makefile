@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # plants each curated mutation (tests/mutation/mutants.py) in a temporary copy and runs the fast
-# suite against it; fails if any survives. About 5 minutes on 2 CPU cores; not part of `make test`.
+# suite against it; fails if any survives. 8-13 minutes on 2 shared CPU cores; not part of `make test`.
 mutants: $(STAMP)
 	$(PY) tests/mutation/run.py
 
