@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cnet.compose import group_options as options
-from cnet.tools.bench import main
+from cnet.tools.bench import main, with_ratios
+
+
+def test_ratios_are_to_the_reference_of_the_same_group():
+    rows = [
+        {"m": "a", "b": 1, "ms": 2.0},
+        {"m": "ref", "b": 1, "ms": 4.0},
+        {"m": "a", "b": 8, "ms": 3.0},
+        {"m": "ref", "b": 8, "ms": 1.5},
+        {"m": "a", "b": 2, "ms": 1.0},  # no reference at batch 2: no ratio
+    ]
+    out = with_ratios(rows, "m", "ms", "ref", "b")
+    assert [r.get("ratio") for r in out] == [0.5, 1.0, 2.0, 1.0, None]
+    assert [r["ratio"] for r in with_ratios(rows[:2], "m", "ms", "ref")] == [0.5, 1.0]
 
 
 def test_bench_reports_every_option(tmp_path):
@@ -16,6 +31,8 @@ def test_bench_reports_every_option(tmp_path):
     assert {r["batch"] for r in result["decode"]} == {1, 8}
     assert {r["adaption"] for r in result["adaption"]} == set(options("adaption"))
     assert all(r["ms_per_image"] > 0 for r in result["decode"])
-    ref = [r for r in result["decode"] if r["matching"] == "centripetal"]
-    assert all(r["ratio"] == 1.0 for r in ref)
+    # each option's ratio is to the reference option at the same batch size
+    ref = {r["batch"]: r["ms_per_image"] for r in result["decode"] if r["matching"] == "centripetal"}
+    for r in result["decode"]:
+        assert r["ratio"] == pytest.approx(r["ms_per_image"] / ref[r["batch"]]), r
     assert "| centripetal | 1 |" in (tmp_path / "bench.md").read_text()

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from cnet.backbone import HourglassNet
-from cnet.compose import build_detector, compose_config, group_options, instantiate_node
+from cnet.compose import build_detector, compose_config, group_options, instantiate_node, to_dataclass
+from cnet.run import TestConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 GROUPS = ["backbone", "matching", "adaption", "data", "optim", "schedule", "trainer", "test"]
 
@@ -24,7 +30,40 @@ def test_every_option_composes(group, option):
         overrides.append("data.root=/data/coco")
     cfg = compose_cfg(overrides)
     OmegaConf.resolve(cfg)  # every interpolation resolves
-    assert cfg[group] is not None
+    # the composed group holds the option's own values (not another option's, not the default's)
+    assert_holds(cfg[group], OmegaConf.load(CONF / group / f"{option}.yaml"), f"{group}={option}")
+
+
+def assert_holds(node: Any, yaml: Any, where: str, skip: tuple[str, ...] = ()) -> None:
+    """Every literal value of ``yaml`` is in ``node``; interpolations, ``???``, ``defaults``, ``skip`` aside."""
+    for key, value in OmegaConf.to_container(yaml, resolve=False).items():  # type: ignore[union-attr]
+        if key == "defaults" or key in skip or value == "???" or (isinstance(value, str) and "${" in value):
+            continue
+        if isinstance(value, dict):
+            assert_holds(node[key], yaml[key], f"{where}.{key}")
+        else:
+            assert OmegaConf.to_container(node, resolve=True)[key] == value, f"{where}.{key}"
+
+
+def test_default_config_infers_like_the_paper():
+    """§4.1: top-100 corners per side, 1000 pairs, soft-NMS (mmdet's Gaussian sigma 0.5, score
+    1e-3), 100 detections, 3x3 local maxima, flip testing; plus the matching-only evaluation."""
+    cfg = compose_cfg([])
+    test = to_dataclass(TestConfig, cfg.test)
+    assert test == TestConfig(
+        flip=True,
+        matching_only=True,
+        corner_topk=100,
+        num_dets=1000,
+        max_per_image=100,
+        nms_sigma=0.5,
+        nms_min_score=1e-3,
+        kernel=3,
+    )
+    assert (cfg.matching._target_, cfg.adaption._target_) == (
+        "cnet.matching.centripetal.Centripetal",
+        "cnet.adaption.none.NoAdaption",
+    )
 
 
 @pytest.mark.parametrize("matching", options("matching"))
@@ -65,3 +104,11 @@ def test_every_experiment_composes(experiment):
     OmegaConf.resolve(cfg)
     instantiate_node(cfg.matching)
     instantiate_node(cfg.adaption)
+    spec = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml")
+    # each `override /group: option` is applied, except keys the experiment sets itself
+    for entry in spec.get("defaults", []):
+        for target, option in entry.items():
+            group = target.removeprefix("override ").strip("/")
+            own = tuple(spec.get(group, {}).keys())
+            assert_holds(cfg[group], OmegaConf.load(CONF / group / f"{option}.yaml"), f"{experiment}: {group}", own)
+    assert_holds(cfg, spec, experiment, skip=("hydra",))

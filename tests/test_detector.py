@@ -11,7 +11,7 @@ from cnet.adaption.cross_star import CrossStar
 from cnet.adaption.none import NoAdaption
 from cnet.backbone import HourglassNet
 from cnet.criterion import Criterion
-from cnet.detector import CornerDetector
+from cnet.detector import CornerDetector, CornerHead
 from cnet.matching.centripetal import Centripetal
 from cnet.postprocess import PostProcess
 from cnet.predictor import Predictor, test_views
@@ -71,12 +71,51 @@ def test_eval_forward_uses_last_level_and_flip_tta_decodes():
         tta = model(torch.cat([v.apply(images) for v in views]))
     assert tta.levels[0]["tl_heat"].shape[0] == 2
     meta = ImageMeta(7, (60, 50), (63, 63), border=(1.0, 6.0))
-    dets = Predictor(model, PostProcess(model.matching), views)(images, [meta])[""]
+    dets = Predictor(model, PostProcess(model.matching, max_per_image=20), views)(images, [meta])[""]
     assert len(dets) == 1
     d = dets[0]
-    assert d.boxes.shape[1] == 4 and len(d.boxes) <= 100
-    if len(d.boxes):
-        assert (d.boxes[:, 0] >= 0).all() and (d.boxes[:, 2] <= 50).all() and (d.boxes[:, 3] <= 60).all()
+    # an untrained head still pairs corners (heat prior 0.1); mirrored-back boxes keep x1 <= x2
+    assert 0 < len(d.boxes) <= 20 and d.boxes.shape[1] == 4
+    assert (d.boxes[:, 0] <= d.boxes[:, 2]).all() and (d.boxes[:, 1] <= d.boxes[:, 3]).all()
+    assert (d.scores[:-1] >= d.scores[1:]).all() and ((d.scores > 0) & (d.scores <= 1)).all()
+    assert ((d.labels >= 0) & (d.labels < 3)).all()
+
+
+def test_corner_head_pools_towards_its_box():
+    """A top-left corner looks right and down into its box, a bottom-right one left and up: a pixel
+    far to the right of (or below) a cell reaches that cell's tl heatmap, never its br heatmap."""
+    torch.manual_seed(0)
+    head = CornerHead(8, 2, 8, Centripetal(8, 2), NoAdaption(8)).eval()
+    feat = torch.randn(1, 8, 24, 24)
+    with torch.no_grad():
+        base = head(feat)
+
+    def changed(pixel: tuple[int, int], cell: tuple[int, int]) -> dict[str, bool]:
+        poked = feat.clone()
+        poked[0, :, pixel[0], pixel[1]] += 50.0  # (row, column)
+        with torch.no_grad():
+            a, b = base, head(poked)
+        return {k: not torch.allclose(a[k][..., cell[0], cell[1]], b[k][..., cell[0], cell[1]]) for k in a}
+
+    for far in [(2, 20), (20, 2)]:  # right of and below cell (2, 2), beyond any 3x3 conv's reach
+        seen = changed(far, (2, 2))
+        assert seen["tl_heat"] and not seen["br_heat"], far
+    for far in [(20, 2), (2, 20)]:  # left of and above cell (20, 20)
+        seen = changed(far, (20, 20))
+        assert seen["br_heat"] and not seen["tl_heat"], far
+
+
+class _FixedFeatureMatching(Centripetal):
+    accepts_adapted_features = False  # a strategy that predicts from the un-adapted feature
+
+
+def test_adaption_in_front_of_a_matching_that_ignores_it_is_refused():
+    backbone = HourglassNet(
+        num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1), stem_channels=8, feat_channels=16
+    )
+    with pytest.raises(ValueError, match="adaption=CrossStar adapts the corner features"):
+        CornerDetector(backbone, 3, _FixedFeatureMatching, CrossStar)
+    CornerDetector(backbone, 3, _FixedFeatureMatching, NoAdaption)  # without adaption it is fine
 
 
 def test_input_is_not_mutated():

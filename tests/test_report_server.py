@@ -18,6 +18,7 @@ MLFLOW = Path(sys.executable).with_name("mlflow")
 # /health answers in ~30 s on an idle 2-core machine (schema migration + uvicorn start); the CPU
 # here is shared, so wait longer than that before calling the server broken.
 HEALTH_TIMEOUT_S = 120
+PORT_ATTEMPTS = 3
 
 
 def free_port() -> int:
@@ -46,13 +47,8 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp / "server.log", "w")  # noqa: SIM115 -- the server writes to it until the fixture ends
-    proc = subprocess.Popen(
+def start_server(tmp: Path, port: int, log) -> subprocess.Popen:
+    return subprocess.Popen(
         [
             str(MLFLOW),
             "server",
@@ -72,15 +68,31 @@ def server(tmp_path_factory):
         stderr=subprocess.STDOUT,
         start_new_session=True,  # own group: stop() ends all
     )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A loopback MLflow server. The port is free when picked but may be taken before the server
+    binds it (another process on the machine): a server that exits early is retried on a new port."""
+    tmp = tmp_path_factory.mktemp("mlflow_server")
+    log = open(tmp / "server.log", "w")  # noqa: SIM115 -- the server writes to it until the fixture ends
+    proc = None
     try:
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while not healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer {url}/health:\n{(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
+        for _attempt in range(PORT_ATTEMPTS):
+            url = f"http://127.0.0.1:{free_port()}"
+            proc = start_server(tmp, int(url.rsplit(":", 1)[1]), log)
+            while not healthy(url) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(1)
+            if proc.poll() is None and healthy(url):
+                break
+            stop(proc)
+        else:
+            pytest.fail(f"mlflow server did not answer /health:\n{(tmp / 'server.log').read_text()[-3000:]}")
         yield tmp, url
     finally:
-        stop(proc)
+        if proc is not None:
+            stop(proc)
         log.close()
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_records import run_records
 
+from cnet.errors import ResumeError
 from cnet.tracking import MAX_PARAM_VALUE_LENGTH, Tracker, flatten_params, resolve_tracking_uri
 
 _names = itertools.count()
@@ -17,7 +19,7 @@ _names = itertools.count()
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
-    """SQLite tracking URI; also exported as MLFLOW_TRACKING_URI so ``mlflow.search_runs`` reads it."""
+    """SQLite tracking URI (also exported as MLFLOW_TRACKING_URI while the module runs)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     MlflowClient(uri).search_experiments()  # pay the schema migration once, in setup
     with pytest.MonkeyPatch.context() as mp:
@@ -31,9 +33,8 @@ def experiment() -> str:
 
 
 def _runs(experiment: str):
-    # explicit: another test module may have pinned mlflow's global tracking URI already
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    return mlflow.search_runs(experiment_names=[experiment])
+    # an explicit store, never mlflow's process-wide tracking URI (test order must not matter)
+    return run_records(os.environ["MLFLOW_TRACKING_URI"], experiment)
 
 
 def test_new_run_logs_params_tags_metrics(store, experiment, tmp_path):
@@ -107,6 +108,29 @@ def test_resume_with_changed_param_raises(store, experiment):
 def test_resume_unknown_run_names_it(store, experiment):
     with pytest.raises(RuntimeError, match=r"0123456789abcdef.*delete the checkpoint"):
         Tracker(store, experiment, run_id="0123456789abcdef")
+
+
+def test_resume_of_a_deleted_run_is_refused(store, experiment):
+    with Tracker(store, experiment) as first:
+        pass
+    MlflowClient(store).delete_run(first.run_id)
+    with pytest.raises(ResumeError, match=rf"{first.run_id}: it is deleted; to start fresh"):
+        Tracker(store, experiment, run_id=first.run_id)
+
+
+def test_resume_of_a_run_from_another_experiment_is_refused(store, experiment):
+    with Tracker(store, experiment) as first:
+        pass
+    with pytest.raises(ResumeError, match=rf"{first.run_id}: it belongs to experiment id {first.experiment_id}"):
+        Tracker(store, f"{experiment}-other", run_id=first.run_id)
+    assert MlflowClient(store).get_run(first.run_id).info.status == "FINISHED"  # left as it was
+
+
+def test_a_deleted_experiment_is_not_reused(store, experiment):
+    client = MlflowClient(store)
+    client.delete_experiment(client.create_experiment(experiment))
+    with pytest.raises(ResumeError, match=rf"experiment '{experiment}' is deleted.*restore"):
+        Tracker(store, experiment)
 
 
 def test_exception_marks_failed_and_interrupt_killed(store, experiment):

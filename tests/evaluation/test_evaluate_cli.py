@@ -112,3 +112,28 @@ def test_cli_segm(files, tmp_path, capsys):
     )
     assert main([str(gt_path), str(segm), "--iou-type", "segm"]) == 0
     assert json.loads(capsys.readouterr().out)["AP"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "gt, results, message",
+    [
+        ({"images": [], "annotations": []}, [], "needs 'images', 'annotations' and 'categories'"),
+        ([1, 2], [], "needs 'images', 'annotations' and 'categories'"),
+        (None, {"image_id": 10}, "must hold a JSON list of detections, got dict"),
+        (None, "not json", "not valid JSON"),
+        ("missing", [], "ground-truth file not found"),
+    ],
+    ids=["gt-without-categories", "gt-is-a-list", "results-is-a-dict", "results-bad-json", "gt-missing"],
+)
+def test_cli_malformed_inputs_exit_2_with_one_line(files, tmp_path, capsys, gt, results, message):
+    gt_path, _, _ = files
+    if gt == "missing":
+        gt_path = tmp_path / "no_gt.json"
+    elif gt is not None:
+        gt_path = tmp_path / "bad_gt.json"
+        gt_path.write_text(json.dumps(gt))
+    res_path = tmp_path / "bad_res.json"
+    res_path.write_text(results if isinstance(results, str) else json.dumps(results))
+    assert main([str(gt_path), str(res_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err and len(captured.err.strip().splitlines()) == 1

@@ -136,3 +136,31 @@ def test_layers_dims_and_weights():
     assert AE1D(4, 1).loss_weights == {"pull": 0.1, "push": 0.1}
     with pytest.raises(ValueError, match=r"matching\.threshold"):
         AE2D(4, 1, threshold=0.0)
+
+
+@pytest.mark.parametrize("cls", [AE1D, AE2D])
+@pytest.mark.parametrize(
+    "tl_xy, br_xy, kept",
+    [
+        ((2.0, 3.0), (9.0, 12.0), True),
+        ((9.0, 3.0), (2.0, 12.0), False),  # x inverted: br left of tl
+        ((2.0, 12.0), (9.0, 3.0), False),  # y inverted: br above tl
+        ((2.0, 3.0), (2.0, 12.0), False),  # same column: not strictly right
+        ((2.0, 3.0), (9.0, 3.0), False),  # same row: not strictly below
+    ],
+)
+def test_pairs_must_be_ordered_even_with_equal_embeddings(cls, tl_xy, br_xy, kept):
+    def one(xy: tuple[float, float], score: float) -> Corners:
+        cell = int(xy[1]) * 16 + int(xy[0])
+        return Corners(
+            torch.tensor([[score]]),
+            torch.tensor([[0]]),
+            torch.tensor([[cell]]),
+            torch.tensor([[xy[0]]]),
+            torch.tensor([[xy[1]]]),
+        )
+
+    matching = cls(8, 1)
+    pred = {"tl_emb": torch.zeros(1, cls.dim, 16, 16), "br_emb": torch.zeros(1, cls.dim, 16, 16)}  # distance 0
+    scores, _ = matching.pair(pred, one(tl_xy, 0.8), one(br_xy, 0.6), GRID)
+    assert float(scores[0, 0, 0]) == (pytest.approx(0.7) if kept else -1.0)

@@ -1,0 +1,312 @@
+"""The curated semantic mutations ``python tests/mutation/run.py`` plants one at a time.
+
+Each is a small, plausible wiring mistake: ``old`` must occur exactly once in ``file`` (checked by
+tests/mutation/test_mutants.py, so a refactor that moves the code fails loudly instead of letting
+the list rot), ``new`` replaces it, and ``tests`` are run first (the whole fast suite only if they
+pass). Every component of the package has at least one entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    component: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...] = ()
+
+
+MUTANTS: list[Mutant] = [
+    # --- data transforms
+    Mutant(
+        "train_flip_keeps_x_order",
+        "data transforms",
+        "cnet/data/transforms.py",
+        "torch.stack([s - gt_boxes[:, 2], gt_boxes[:, 1], s - gt_boxes[:, 0], gt_boxes[:, 3]], 1)",
+        "torch.stack([s - gt_boxes[:, 0], gt_boxes[:, 1], s - gt_boxes[:, 2], gt_boxes[:, 3]], 1)",
+        ("tests/data/test_transforms.py",),
+    ),
+    Mutant(
+        "test_pad_border_swapped",
+        "data transforms",
+        "cnet/data/transforms.py",
+        "top, left = in_h // 2 - h // 2, in_w // 2 - w // 2",
+        "left, top = in_h // 2 - h // 2, in_w // 2 - w // 2",
+        ("tests/data/test_transforms.py",),
+    ),
+    # --- targets
+    Mutant(
+        "corner_cell_rounds",
+        "targets",
+        "cnet/targets.py",
+        "tl_int = tl.long().clamp(min=0).minimum(limit)",
+        "tl_int = tl.round().long().clamp(min=0).minimum(limit)",
+        ("tests/test_targets.py",),
+    ),
+    Mutant(
+        "gaussian_radius_h_w_swapped_for_br",
+        "targets",
+        "cnet/targets.py",
+        "draw_gaussian(br_heat[i, c], bx, by, radius)",
+        "draw_gaussian(br_heat[i, c], by, bx, radius)",
+        ("tests/test_targets.py",),
+    ),
+    # --- matching strategies
+    Mutant(
+        "ae_threshold_inverted",
+        "matching: ae1d/ae2d",
+        "cnet/matching/embedding.py",
+        "Matching.geometric_validity(tl, br) & (dist <= threshold), dist",
+        "Matching.geometric_validity(tl, br) & (dist >= threshold), dist",
+        ("tests/matching/test_embedding.py",),
+    ),
+    Mutant(
+        "ae2d_distance_l1",
+        "matching: ae2d",
+        "cnet/matching/embedding.py",
+        "return (tl_emb[:, :, None, :] - br_emb[:, None, :, :]).pow(2).sum(-1).sqrt()",
+        "return (tl_emb[:, :, None, :] - br_emb[:, None, :, :]).abs().sum(-1)",
+        ("tests/matching/test_embedding.py",),
+    ),
+    Mutant(
+        "center_heatmap_n_switch_inverted",
+        "matching: center_heatmap",
+        "cnet/matching/center_heatmap.py",
+        "n = torch.where(area <= area_threshold, n_small, n_large)",
+        "n = torch.where(area <= area_threshold, n_large, n_small)",
+        ("tests/matching/test_center_heatmap.py",),
+    ),
+    Mutant(
+        "center_regression_br_sign",
+        "matching: center_regression",
+        "cnet/matching/center_regression.py",
+        "cell_xy(br.inds, width, br_cr.dtype) - br_cr",
+        "cell_xy(br.inds, width, br_cr.dtype) + br_cr",
+        ("tests/matching/test_center_regression.py",),
+    ),
+    Mutant(
+        "centripetal_no_eq5_weight",
+        "matching: centripetal",
+        "cnet/matching/centripetal.py",
+        "scores = scores * torch.exp(-ratio)",
+        "scores = scores * 1.0",
+        ("tests/matching/test_centripetal.py",),
+    ),
+    Mutant(
+        "centripetal_mu_switch_inverted",
+        "matching: centripetal",
+        "cnet/matching/centripetal.py",
+        "mu = torch.where((w * h).abs() > area_threshold, mu_large, mu_small)",
+        "mu = torch.where((w * h).abs() > area_threshold, mu_small, mu_large)",
+        ("tests/matching/test_centripetal.py",),
+    ),
+    Mutant(
+        "centripetal_region_not_strict",
+        "matching: centripetal",
+        "cnet/matching/centripetal.py",
+        "(tcx > rx1) & (tcx < rx2)",
+        "(tcx >= rx1) & (tcx <= rx2)",
+        ("tests/matching/test_centripetal.py",),
+    ),
+    Mutant(
+        "centripetal_mmdet_rule_inverted",
+        "matching: centripetal",
+        "cnet/matching/centripetal.py",
+        "valid &= ratio <= self.max_center_ratio",
+        "valid &= ratio >= self.max_center_ratio",
+        ("tests/matching/test_centripetal.py",),
+    ),
+    Mutant(
+        "pair_y_order_dropped",
+        "matching: all (base)",
+        "cnet/matching/base.py",
+        "& (tl.ys[:, :, None] < br.ys[:, None, :])",
+        "& (tl.ys[:, :, None] == tl.ys[:, :, None])",
+        ("tests/matching/test_embedding.py",),
+    ),
+    # --- adaption modules
+    Mutant(
+        "none_swaps_corners",
+        "adaption: none",
+        "cnet/adaption/none.py",
+        "return tl_pool, br_pool, {}",
+        "return br_pool, tl_pool, {}",
+        ("tests/adaption/test_adaption_contract.py",),
+    ),
+    Mutant(
+        "cross_star_offset_not_detached",
+        "adaption: cross_star",
+        "cnet/adaption/cross_star.py",
+        "offset = self.offset(guiding.detach())",
+        "offset = self.offset(guiding)",
+        ("tests/adaption/test_cross_star.py", "tests/adaption/test_adaption_contract.py"),
+    ),
+    Mutant(
+        "dcn_offset_not_zero_init",
+        "adaption: dcn",
+        "cnet/adaption/dcn.py",
+        "nn.init.zeros_(self.offset.weight)",
+        "nn.init.normal_(self.offset.weight, std=0.1)",
+        ("tests/adaption/test_dcn.py",),
+    ),
+    Mutant(
+        "roi_conv_box_direction_swapped",
+        "adaption: roi_conv",
+        "cnet/adaption/roi_conv.py",
+        'start = 0.0 if corner == "tl" else -1.0',
+        'start = -1.0 if corner == "tl" else 0.0',
+        ("tests/adaption/test_roi_conv.py",),
+    ),
+    Mutant(
+        "guided_eval_offsets_in_training",
+        "adaption: guided (cross_star, roi_conv)",
+        "cnet/adaption/guided.py",
+        "if not self.training:  # sampling offsets [B, 18, H, W]",
+        "if self.training:  # sampling offsets [B, 18, H, W]",
+        ("tests/adaption/test_adaption_contract.py",),
+    ),
+    # --- detector wiring
+    Mutant(
+        "corner_head_pool_directions_swapped",
+        "detector",
+        "cnet/detector.py",
+        'CornerPool(in_channels, pool_channels, ("top", "left"))\n'
+        '        self.br_pool = CornerPool(in_channels, pool_channels, ("bottom", "right"))',
+        'CornerPool(in_channels, pool_channels, ("bottom", "right"))\n'
+        '        self.br_pool = CornerPool(in_channels, pool_channels, ("top", "left"))',
+        ("tests/test_detector.py",),
+    ),
+    # --- criterion
+    Mutant(
+        "criterion_br_heat_against_tl_targets",
+        "criterion",
+        "cnet/criterion.py",
+        'corner_focal_loss(level["br_heat"], corners.br_heat)',
+        'corner_focal_loss(level["br_heat"], corners.tl_heat)',
+        ("tests/test_criterion.py",),
+    ),
+    # --- post-processing and NMS
+    Mutant(
+        "unpad_border_top_left_swapped",
+        "postprocess",
+        "cnet/types.py",
+        "top, left = meta.border\n    return (xy - xy.new_tensor([left, top]))",
+        "left, top = meta.border\n    return (xy - xy.new_tensor([left, top]))",
+        ("tests/test_predictor.py",),
+    ),
+    Mutant(
+        "pair_indices_swapped",
+        "postprocess",
+        "cnet/postprocess.py",
+        "ti, bi = top_idx // k, top_idx % k",
+        "bi, ti = top_idx // k, top_idx % k",
+        ("tests/test_predictor.py",),
+    ),
+    Mutant(
+        "soft_nms_sigma_inverted",
+        "NMS",
+        "cnet/nms.py",
+        "torch.exp(iou.square_().mul_(-1.0 / sigma))",
+        "torch.exp(iou.square_().mul_(-sigma))",
+        ("tests/test_nms.py",),
+    ),
+    Mutant(
+        "test_config_nms_sigma",
+        "postprocess (config)",
+        "conf/test/default.yaml",
+        "nms_sigma: 0.5",
+        "nms_sigma: 0.05",
+        ("tests/test_configs.py",),
+    ),
+    # --- test-time augmentation (predictor views)
+    Mutant(
+        "mirror_keeps_x_order",
+        "TTA",
+        "cnet/ops.py",
+        "[width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]]",
+        "[width - boxes[:, 0], boxes[:, 1], width - boxes[:, 2], boxes[:, 3]]",
+        ("tests/test_predictor.py",),
+    ),
+    Mutant(
+        "hflip_invert_is_identity",
+        "TTA",
+        "cnet/predictor.py",
+        "    def invert(self, boxes: Tensor, input_size: tuple[int, int]) -> Tensor:\n"
+        "        return mirror_boxes(boxes, input_size[1])",
+        "    def invert(self, boxes: Tensor, input_size: tuple[int, int]) -> Tensor:\n        return boxes",
+        ("tests/test_predictor.py",),
+    ),
+    Mutant(
+        "merge_view_index_image_major",
+        "TTA",
+        "cnet/predictor.py",
+        "per_view = [cands[v * b + i] for v in range(len(self.views))]",
+        "per_view = [cands[i * len(self.views) + v] for v in range(len(self.views))]",
+        ("tests/test_predictor.py",),
+    ),
+    Mutant(
+        "oracle_not_mirrored",
+        "TTA / oracle",
+        "cnet/predictor.py",
+        "GroundTruth(view.apply_boxes(t.boxes, size), t.labels)",
+        "GroundTruth(t.boxes, t.labels)",
+        ("tests/test_oracle.py",),
+    ),
+    # --- schedule
+    Mutant(
+        "schedule_no_step_decay",
+        "schedule",
+        "cnet/schedule.py",
+        "return warm * gamma ** sum(it >= s for s in steps)",
+        "return warm",
+        ("tests/test_schedule.py",),
+    ),
+    Mutant(
+        "schedule_warmup_flat",
+        "schedule",
+        "cnet/schedule.py",
+        "warm = warmup_ratio + (1 - warmup_ratio) * it / warmup_iters",
+        "warm = warmup_ratio",
+        ("tests/test_schedule.py",),
+    ),
+    # --- checkpoint / resume
+    Mutant(
+        "resume_forgets_scheduler",
+        "checkpoint/resume",
+        "cnet/trainer.py",
+        "        self.scheduler.load_state_dict(state.scheduler)\n",
+        "",
+        ("tests/test_trainer.py",),
+    ),
+    # --- tracking
+    Mutant(
+        "resume_other_experiment_allowed",
+        "tracking",
+        "cnet/tracking.py",
+        "if run.info.experiment_id != self._experiment_id:",
+        "if run.info.experiment_id != run.info.experiment_id:",
+        ("tests/test_tracking.py",),
+    ),
+    Mutant(
+        "resume_deleted_run_allowed",
+        "tracking",
+        "cnet/tracking.py",
+        'if run.info.lifecycle_stage == "deleted":',
+        'if run.info.lifecycle_stage == "removed":',
+        ("tests/test_tracking.py",),
+    ),
+    # --- report
+    Mutant(
+        "report_population_std",
+        "report",
+        "cnet/tools/report_tables.py",
+        "float(values.std(ddof=1))",
+        "float(values.std(ddof=0))",
+        ("tests/test_report.py",),
+    ),
+]
