@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 MLFLOW_URI ?= sqlite:///mlflow.db
 
-.PHONY: install demo test test-fast lint mutants bench ui clean
+.PHONY: install demo test test-fast lint coverage mutants bench ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check cnet tests train.py
 	$(VENV)/bin/ruff format --check cnet tests train.py
 	$(VENV)/bin/mypy
+
+# line coverage of cnet/ by the fast suite (in-process code only)
+coverage: $(STAMP)
+	$(PY) -m coverage run -m pytest -q -m "not slow" -p no:cacheprovider
+	$(PY) -m coverage report --sort=cover
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
