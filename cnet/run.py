@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cnet import distributed
+from cnet.checkpoint import checkpoint_exists
 from cnet.criterion import Criterion
 from cnet.data import CocoData, collate
 from cnet.data.sampler import GlobalBatchSampler, ShardSampler
@@ -160,7 +161,7 @@ class Run:
         if sampler.global_batch != PAPER_GLOBAL_BATCH:
             log.info("global batch %d differs from the paper's %d", sampler.global_batch, PAPER_GLOBAL_BATCH)
         ckpt = self.trainer.checkpoint_path
-        self.resume = TrainState.load(ckpt) if ckpt.exists() else None
+        self.resume = TrainState.load(ckpt) if checkpoint_exists(ckpt) else None
         self.resume_run_id: str | None = self.resume.mlflow_run_id if self.resume else None
         log.info(
             "%d train / %s val images, %d classes, %d parameters, device %s%s",

@@ -8,6 +8,7 @@ next to the database rather than under Hydra's per-job working directory.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import time
@@ -22,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from cnet.errors import ResumeError
+from cnet.errors import ResumeError, TrackingStoreError
 
 MAX_PARAM_VALUE_LENGTH = 6000  # MLflow's limit on a param value (characters)
 _BATCH_PARAMS = 100  # MLflow's per-request limits of log_batch
@@ -84,15 +85,44 @@ def _retry_locked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return fn(*args, **kwargs)
 
 
-def _sqlite_artifact_location(tracking_uri: str) -> str | None:
-    """``file://`` URI of ``mlartifacts/`` next to a SQLite database; ``None`` for other stores."""
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for servers and in-memory stores)."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
     db_path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
-    if not db_path or db_path == ":memory:":
-        return None
-    # A relative sqlite path is relative to the cwd, exactly as SQLAlchemy opens it.
-    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
+    return Path(db_path).resolve() if db_path and db_path != ":memory:" else None
+
+
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client of ``tracking_uri`` whose store exists and is readable.
+
+    A SQLite store is created (schema and migrations) by one process at a time, under an
+    exclusive lock on ``<db>.lock``: parallel jobs of a sweep that start on a fresh store
+    otherwise race on MLflow's migration tables and leave it unreadable. A store that cannot be
+    read raises :class:`TrackingStoreError` naming the file and what to do.
+    """
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return MlflowClient(tracking_uri=tracking_uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            client = MlflowClient(tracking_uri=tracking_uri)
+            _retry_locked(client.search_experiments, max_results=1)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise TrackingStoreError(
+                f"MLflow store {db} is unreadable ({first}); move it aside (mv {db} {db}.bad) to start a new one, "
+                "or point tracking.uri / MLFLOW_TRACKING_URI at another store"
+            ) from exc
+    return client
+
+
+def _sqlite_artifact_location(tracking_uri: str) -> str | None:
+    """``file://`` URI of ``mlartifacts/`` next to a SQLite database; ``None`` for other stores."""
+    db = sqlite_path(tracking_uri)  # a relative path is relative to the cwd, as SQLAlchemy opens it
+    return None if db is None else (db.parent / "mlartifacts").as_uri()
 
 
 class Tracker:
@@ -118,7 +148,7 @@ class Tracker:
         run_name: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
-        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._client = open_store(tracking_uri)
         self._tracking_uri = tracking_uri
         self._experiment_id = self._get_or_create_experiment(experiment)
         self._finished = False

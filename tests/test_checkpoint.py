@@ -1,7 +1,10 @@
-"""Atomic checkpoint writes, corrupt-file errors and RNG round trips."""
+"""Atomic checkpoint writes, the previous checkpoint as a fallback, full disks, weights-only loading,
+corrupt-file errors and RNG round trips."""
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 
 import numpy as np
@@ -9,6 +12,8 @@ import pytest
 import torch
 
 import cnet.checkpoint as ckpt
+from cnet.checkpoint import checkpoint_exists, load_checkpoint, previous_path, save_checkpoint
+from cnet.errors import ResumeError
 
 
 def _state(value: float) -> dict:
@@ -104,3 +109,48 @@ def test_rng_round_trip_through_checkpoint(tmp_path):
 def test_set_rng_state_rejects_incomplete_state():
     with pytest.raises(ValueError, match="numpy"):
         ckpt.set_rng_state({"python": random.getstate(), "torch": torch.get_rng_state()})
+
+
+def test_previous_checkpoint_is_kept_and_stands_in_for_a_corrupt_last(tmp_path, caplog):
+    path = tmp_path / "ckpt" / "last.pt"
+    save_checkpoint(path, {"epoch": 1})
+    save_checkpoint(path, {"epoch": 2})
+    assert load_checkpoint(path)["epoch"] == 2
+    assert load_checkpoint(previous_path(path))["epoch"] == 1
+    path.write_bytes(path.read_bytes()[:40])  # truncated by a crash of the storage, not by us
+    with caplog.at_level("WARNING"):
+        assert load_checkpoint(path)["epoch"] == 1
+    assert "corrupt" in caplog.text and "previous checkpoint" in caplog.text
+    path.unlink()  # killed between the two renames: only the previous one is left
+    assert checkpoint_exists(path) and load_checkpoint(path)["epoch"] == 1
+
+
+def test_full_disk_leaves_both_checkpoints_and_says_so(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1})
+    save_checkpoint(path, {"epoch": 2})
+    before = (path.read_bytes(), previous_path(path).read_bytes())
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"no space left to write checkpoint .*previous checkpoint is intact"):
+        save_checkpoint(path, {"epoch": 3})
+    assert (path.read_bytes(), previous_path(path).read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]  # no temp file left
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_cannot_run_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCode()}, path)
+    with pytest.raises(ResumeError, match=r"evil\.pt"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
