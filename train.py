@@ -5,9 +5,11 @@ Hydra stops here and in cnet.compose: everything below receives plain, typed arg
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnet.compose import build_run
-from cnet.distributed import destroy, init_distributed
+from cnet.distributed import destroy, init_distributed, is_main
 from cnet.errors import USER_ERRORS
 from cnet.run import PAPER_GLOBAL_BATCH, Run, resolve_device, seed_everything
-from cnet.tracking import Tracker, flatten_params, resolve_tracking_uri
+from cnet.tracking import Tracker, flatten_params, resolve_tracking_uri, run_status
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("cnet")
@@ -32,17 +34,33 @@ def main(cfg: DictConfig) -> float:
     # `kill`/scancel: unwind like Ctrl-C, so the MLflow run is marked KILLED (the checkpoint of the
     # last finished epoch stays; restarting in the same folder resumes the same run)
     signal.signal(signal.SIGTERM, _interrupt)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return train(cfg)
-    except USER_ERRORS as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # full traceback on request; in a sweep Hydra records the failed job
+    except BaseException as err:
+        write_job_status(out_dir, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", error=err)
+        if not isinstance(err, USER_ERRORS) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # a bug, or a full traceback on request
         log.error("%s: %s", type(err).__name__, err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return float("nan")  # the sweep goes on; its summary lists this job and exits non-zero
         sys.exit(1)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def write_job_status(out_dir: Path, status: str, run_id: str | None = None, error: BaseException | None = None) -> None:
+    """``job_status.json`` in the job folder (atomic), read by the sweep summary."""
+    if not is_main():
+        return
+    line = (str(error).strip().splitlines() or [""])[0] if error is not None else ""
+    body = {"status": status, "run_id": run_id, "error": f"{type(error).__name__}: {line}" if error else None}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".job_status.json.tmp"
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, out_dir / "job_status.json")
 
 
 def train(cfg: DictConfig) -> float:
@@ -61,27 +79,81 @@ def train(cfg: DictConfig) -> float:
         destroy()
 
 
+def dataset_name(cfg: DictConfig, choice: str) -> str:
+    """``data.name``, else the dataset folder's name (``coco_tiny``, ``coco``), else the option."""
+    root = OmegaConf.select(cfg, "data.root", default=None)
+    return str(OmegaConf.select(cfg, "data.name", default=None) or (Path(str(root)).name if root else choice))
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "describe", "--always", "--dirty", "--abbrev=40"],
+                             capture_output=True, text=True, timeout=10, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def describe(
+    cfg: DictConfig, choices: dict[str, str], data: str, batch: dict[str, Any], metrics: dict[str, float]
+) -> str:
+    """The run's description (MLflow note): what was trained, on what, and the headline figures."""
+    parts = f"{choices.get('matching')} matching + {choices.get('adaption')} adaption on {choices.get('backbone')}"
+    text = f"{parts}, {data}, {cfg.schedule.epochs} epochs, global batch {batch['global_batch']}, seed {cfg.seed}."
+    if "bbox_AP" in metrics:
+        text += f" Box AP {metrics['bbox_AP']:.3f} (AP50 {metrics.get('bbox_AP50', float('nan')):.3f})"
+        if "crowd_bbox_AP" in metrics:
+            text += f", look-alike crowd {metrics['crowd_bbox_AP']:.3f}"
+        if "oracle_bbox_AP" in metrics:
+            text += f", matching-only {metrics['oracle_bbox_AP']:.3f}"
+        text += "."
+    return text
+
+
 def track_and_fit(cfg: DictConfig, hc: Any, out_dir: Path, run: Run) -> float:
-    """Fit ``run`` inside its MLflow run (rank 0): params, tags, metrics, artifacts."""
+    """Fit ``run`` inside its MLflow run (rank 0): params, tags, dataset, metrics, artifacts."""
+    uri = resolve_tracking_uri(cfg.tracking.uri, PROJECT_ROOT)
+    done = run.resume is not None and run.resume.epoch >= cfg.schedule.epochs and run.resume_run_id
+    if done and run.resume and run_status(uri, str(run.resume_run_id)) == "FINISHED":  # a re-launched sweep
+        log.info("already finished: MLflow run %s (%s); skipped", run.resume_run_id, out_dir)
+        write_job_status(out_dir, "SKIPPED", run.resume_run_id)
+        return float(run.resume.metrics.get("bbox_AP", 0.0))
     choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v}
+    data = dataset_name(cfg, choices.get("data", "data"))
+    overrides = [o for o in hc.overrides.task if not o.split("=")[0].lstrip("+~").startswith(("hydra", "data.root"))]
     tags = choices | {
+        "dataset": data,
         "sweep_id": str(cfg.tracking.sweep_id),
         "output_dir": str(out_dir),
         "overrides": " ".join(hc.overrides.task) or "(defaults)",
         "schedule_epochs": str(cfg.schedule.epochs),
         "global_batch": str(run.batch["global_batch"]),
         "paper_batch": str(run.batch["global_batch"] == PAPER_GLOBAL_BATCH).lower(),
+        "mlflow.source.name": "train.py",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.note.content": describe(cfg, choices, data, run.batch, {}),
     }
-    uri = resolve_tracking_uri(cfg.tracking.uri, PROJECT_ROOT)
-    run_name = "-".join(f"{choices[k]}" for k in ("matching", "adaption", "backbone", "data") if k in choices)
-    with Tracker(uri, cfg.tracking.experiment, run_id=run.resume_run_id, run_name=run_name, tags=tags) as tracker:
+    if commit := git_commit():
+        tags["mlflow.source.git.commit"] = commit
+    # the name tells runs apart: the parts, the dataset and whatever differs from the defaults
+    run_name = "-".join(choices[k] for k in ("matching", "adaption", "backbone") if k in choices) + f"-{data}"
+    rest = [o for o in overrides if o.split("=")[0] not in ("matching", "adaption", "backbone", "data")]
+    run_name += "".join(f" {o.split('=')[0].rsplit('.', 1)[-1]}={o.split('=', 1)[-1]}" for o in rest)  # leaf=value
+    with Tracker(uri, cfg.tracking.experiment, run_id=run.resume_run_id, run_name=run_name[:250], tags=tags) as tracker:
+        write_job_status(out_dir, "RUNNING", tracker.run_id)
         tracker.log_params(flatten_params(OmegaConf.to_container(cfg, resolve=True)))
         tracker.log_params({"model.num_parameters": str(run.num_parameters)})
         tracker.log_params({f"batch.{k}": str(v) for k, v in run.batch.items()})
+        if run.resume is None:
+            tracker.log_dataset(data, run.train_annotations, "train")
         metrics = run.fit(tracker)
-        tracker.log_artifacts(str(out_dir / ".hydra"), "hydra")
+        tracker.set_tags({"mlflow.note.content": describe(cfg, choices, data, run.batch, metrics)})
+        # at the artifact root (what MLflow's compare view lines up): config and results files
+        tracker.log_artifact(str(out_dir / ".hydra" / "config.yaml"))
         for results in sorted(out_dir.glob("results_*.json")):
-            tracker.log_artifact(str(results), "results")
+            tracker.log_artifact(str(results))
+        tracker.log_artifacts(str(out_dir / ".hydra"), "hydra")
+    write_job_status(out_dir, "FINISHED", tracker.run_id)
     log.info("MLflow run %s in %s", tracker.run_id, uri)
     return float(metrics.get("bbox_AP", 0.0))
 

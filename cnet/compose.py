@@ -7,12 +7,14 @@ The configs are found through :mod:`cnet.resources`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -104,3 +106,28 @@ def instantiate_node(node: Any, **kwargs: Any) -> Any:
 def select(cfg: DictConfig, key: str, default: Any = None) -> Any:
     """``cfg``'s value at the dotted ``key``, or ``default`` when absent."""
     return OmegaConf.select(cfg, key, default=default)
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep: finished / failed / skipped jobs with their MLflow run ids and the
+    failing jobs' error lines, read from each job folder's ``job_status.json`` (written by train.py).
+    The sweep command exits with status 1 when a job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        text = sweep_summary(Path(str(config.hydra.sweep.dir)))
+        print(text, flush=True)
+        if " failed" in text.splitlines()[0]:
+            raise SystemExit(1)  # a failed job fails the sweep command, after every job ran
+
+
+def sweep_summary(sweep_dir: Path) -> str:
+    """The summary text of the jobs under ``sweep_dir`` (one line each, then the counts)."""
+    rows: list[str] = []
+    counts: dict[str, int] = {}
+    for status_file in sorted(sweep_dir.glob("*/job_status.json"), key=lambda p: p.parent.name.zfill(8)):
+        st = json.loads(status_file.read_text())
+        counts[st["status"]] = counts.get(st["status"], 0) + 1
+        line = f"  job {status_file.parent.name}: {st['status']:<8} run {st.get('run_id') or '-'}"
+        rows.append(line + (f"  {st['error']}" if st.get("error") else ""))
+    total = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no job reported"
+    return "\n".join([f"sweep {sweep_dir}: {total}", *rows])

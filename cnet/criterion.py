@@ -44,14 +44,13 @@ class Criterion:
         self.parts = dict(parts)
         self.min_overlap = min_overlap
         self.weight_dict = {"det": det_weight, "off": off_weight}
-        owner = dict.fromkeys(self.weight_dict, "the shared corner terms")
+        self.part_of: dict[str, str] = {}  # loss term -> the part that owns it
         for name, part in self.parts.items():
             for term, weight in part.loss_weights.items():
-                if term in owner:
-                    raise ValueError(
-                        f"loss term {term!r} of part {name!r} is already named by {owner[term]}; rename one"
-                    )
-                owner[term] = f"part {name!r}"
+                if term in self.weight_dict:
+                    owner = f"part {self.part_of[term]!r}" if term in self.part_of else "the shared corner terms"
+                    raise ValueError(f"loss term {term!r} of part {name!r} is already named by {owner}; rename one")
+                self.part_of[term] = name
                 self.weight_dict[term] = weight
 
     def __call__(self, outputs: Outputs, targets: list[GroundTruth]) -> dict[str, Tensor]:

@@ -40,10 +40,17 @@ class LogMetrics(Callback):
         self.tracker = tracker
 
     def on_train_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        self.tracker.log_metrics({f"train_{k}": v for k, v in logs.items()}, step=epoch)
+        # per-part totals (train_matching, train_adaption) compare across strategies whose own
+        # terms differ (train_pull/train_push vs train_centripetal)
+        totals: dict[str, float] = {}
+        for term, part in trainer.criterion.part_of.items():
+            if term in logs:
+                totals[part] = totals.get(part, 0.0) + logs[term]
+        self.tracker.log_metrics({f"train_{k}": v for k, v in (logs | totals).items()}, step=epoch)
 
     def on_evaluate(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
-        self.tracker.log_metrics(metrics, step=epoch)
+        # COCO writes -1 for "no objects of that size": not a value, so not logged
+        self.tracker.log_metrics({k: v for k, v in metrics.items() if v != -1}, step=epoch)
 
 
 @dataclass
@@ -110,6 +117,7 @@ class Run:
         if self.device.type == "cuda":  # TF32 matmuls/convolutions for the fp32 parts (bf16 autocast elsewhere)
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         train_set = data.train_dataset(train_transform)
+        self.train_annotations = Path(train_set.ann_file)  # what the run trained on (tracked as its dataset)
         val_sets = {"bbox": data.val_dataset(test_transform)}
         for name, extra in (extra_val or {}).items():  # e.g. "crowd": the look-alike-crowd split
             val_sets[f"{name}_bbox"] = extra.val_dataset(test_transform)

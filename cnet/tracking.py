@@ -9,6 +9,8 @@ next to the database rather than under Hydra's per-job working directory.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import math
 import os
 import time
@@ -18,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
@@ -123,6 +125,15 @@ def _sqlite_artifact_location(tracking_uri: str) -> str | None:
     """``file://`` URI of ``mlartifacts/`` next to a SQLite database; ``None`` for other stores."""
     db = sqlite_path(tracking_uri)  # a relative path is relative to the cwd, as SQLAlchemy opens it
     return None if db is None else (db.parent / "mlartifacts").as_uri()
+
+
+def run_status(tracking_uri: str, run_id: str) -> str | None:
+    """Status of ``run_id`` in the store (None when it is not there or is deleted)."""
+    try:
+        run = _retry_locked(open_store(tracking_uri).get_run, run_id)
+    except MlflowException:
+        return None
+    return None if run.info.lifecycle_stage == "deleted" else str(run.info.status)
 
 
 class Tracker:
@@ -258,6 +269,19 @@ class Tracker:
             batch.append(Metric(str(key), value, timestamp_ms, int(step)))
         for i in range(0, len(batch), _BATCH_METRICS):
             _retry_locked(self._client.log_batch, self._run_id, metrics=batch[i : i + _BATCH_METRICS])
+
+    def log_dataset(self, name: str, annotation_file: Path, context: str = "train") -> None:
+        """Record the dataset as a run input (the runs table's Dataset column): its name and a
+        digest of its annotation file, so runs on different data never look alike."""
+        digest = hashlib.sha256(annotation_file.read_bytes()).hexdigest()[:12]
+        source = json.dumps({"uri": str(annotation_file.resolve())})
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        _retry_locked(self._client.log_inputs, self._run_id, datasets=[DatasetInput(dataset, tags)])
+
+    def status(self) -> str:
+        """The run's status in the store (RUNNING, FINISHED, FAILED, KILLED)."""
+        return str(_retry_locked(self._client.get_run, self._run_id).info.status)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy one local file into the run's artifacts (under ``artifact_path`` if given)."""
