@@ -47,6 +47,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     if not isinstance(state, dict):
         raise TypeError(f"save_checkpoint({path}): state must be a dict, got {type(state).__name__}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed with SIGKILL
+        stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
