@@ -99,3 +99,26 @@ def test_test_dev_writes_an_upload_file_and_says_figures_need_annotations(traine
 def test_bad_input_is_one_line(tmp_path):
     res = run_tool([str(tmp_path / "nowhere")], tmp_path)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "nowhere" in res.stderr
+
+
+@pytest.mark.slow
+def test_predict_writes_one_png_per_image_and_a_results_file_evaluate_scores(trained, tmp_path):
+    tmp, run = trained, trained / "run"
+    gt_file = next((tmp / "cache").rglob("instances_val.json"))
+    gt = json.loads(gt_file.read_text())
+    files = [gt_file.parent / "images" / im["file_name"] for im in gt["images"]]
+    env = dict(os.environ, CNET_CACHE_DIR=str(tmp / "cache"))
+    args = [str(run / "checkpoints" / "last.pt"), *map(str, files), "--out", str(tmp_path / "pred")]
+    res = subprocess.run(
+        [sys.executable, "-m", "cnet.tools.predict", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.png")) == sorted(f.stem + ".png" for f in files)
+    # image ids are 1..N in the listed order: renumber the ground truth the same way and score
+    new_id = {im["id"]: i for i, im in enumerate(gt["images"], start=1)}
+    gt["images"] = [im | {"id": new_id[im["id"]]} for im in gt["images"]]
+    gt["annotations"] = [a | {"image_id": new_id[a["image_id"]]} for a in gt["annotations"]]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    figures = evaluate_tool.run(tmp_path / "gt.json", tmp_path / "pred" / "results.json")
+    state = TrainState.load(run / "checkpoints" / "last.pt")
+    assert figures["AP"] == state.metrics["bbox_AP"]  # same model, same views: the run's own figure
