@@ -48,6 +48,7 @@ def test_reproduces_the_runs_final_figures_and_tags_its_source(trained):
     assert len(runs) == 1
     tags = runs[0].data.tags
     assert tags["source_run_id"] == state.mlflow_run_id
+    assert tags["matching"] == "centripetal" and tags["test"] == "default"  # the run's group choices
     assert tags["source_checkpoint"] == str((run / "checkpoints" / "last.pt").resolve())
     assert runs[0].data.metrics["bbox_AP"] == metrics["bbox_AP"]
 

@@ -27,7 +27,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cnet.compose import CONFIG_ERRORS, apply_overrides, build_evaluation, compose_config, load_config, to_plain
+from cnet.compose import (
+    CONFIG_ERRORS,
+    apply_overrides,
+    build_evaluation,
+    compose_config,
+    load_config,
+    select,
+    to_plain,
+)
 from cnet.errors import USER_ERRORS
 from cnet.evaluation.coco_eval import detections_to_coco, write_results
 from cnet.predictor import evaluate
@@ -64,6 +72,21 @@ def source_config(run_dir: Path | None, overrides: Sequence[str]) -> Any:
     return apply_overrides(load_config(run_dir / ".hydra" / "config.yaml"), overrides)
 
 
+def source_choices(run_dir: Path | None, overrides: Sequence[str]) -> dict[str, str]:
+    """The run's config-group choices (``matching``, ``backbone``, ...; from ``.hydra/hydra.yaml``),
+    updated by group overrides such as ``test=multiscale``: MLflow tags, as ``train.py`` sets them."""
+    choices: dict[str, str] = {}
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml" if run_dir is not None else None
+    if hydra_yaml is not None and hydra_yaml.is_file():
+        node = select(load_config(hydra_yaml), "hydra.runtime.choices", {})
+        choices = {str(k): str(v) for k, v in node.items() if not str(k).startswith("hydra") and v}
+    for ov in overrides:
+        key, _, value = ov.partition("=")
+        if key in choices:
+            choices[key] = value
+    return choices
+
+
 def has_annotations(evaluation: Evaluation) -> bool:
     """Whether every split's annotation file has an ``annotations`` list (test-dev has none)."""
     return all("annotations" in ds.coco.dataset for ds in evaluation.val_sets.values())
@@ -91,11 +114,11 @@ def write_json(path: Path, data: Any) -> None:
 
 def track(
     cfg: Any, state: TrainState, ckpt: Path, overrides: Sequence[str], metrics: dict[str, float], out_dir: Path,
-    into_source: bool,
+    into_source: bool, choices: dict[str, str],
 ) -> str:  # fmt: skip
     """Log the figures to a new MLflow run (or the source run) and return its id."""
     uri = resolve_tracking_uri(cfg.tracking.uri)
-    tags = {
+    tags = choices | {
         "kind": "test",
         "source_checkpoint": str(ckpt.resolve()),
         "source_run_id": state.mlflow_run_id or "",
@@ -140,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(out_dir / "metrics.json", metrics)
     print(f"results in {out_dir}")
     if not args.no_mlflow:
-        run_id = track(cfg, state, ckpt, args.overrides, metrics, out_dir, args.into_source_run)
+        choices = source_choices(run_dir, args.overrides)
+        run_id = track(cfg, state, ckpt, args.overrides, metrics, out_dir, args.into_source_run, choices)
         print(f"MLflow run {run_id}")
     return 0
 
