@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any, cast
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import InstantiationException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cnet.data.coco import CocoDetection
 from cnet.detector import CornerDetector
 from cnet.resources import CONFIG_DIR
-from cnet.run import Run, TestConfig
+from cnet.run import Evaluation, Run, TestConfig
 from cnet.schedule import ScheduleConfig
 from cnet.trainer import TrainerConfig
 
@@ -86,8 +88,29 @@ def build_run(cfg: DictConfig, out_dir: Path) -> Run:
     )
 
 
+def build_evaluation(cfg: DictConfig, ann_file: Path | None = None, img_dir: Path | None = None) -> Evaluation:
+    """The detector, predictor and validation sets of ``cfg`` without its training data: the run's
+    val split and extra splits, or one COCO annotation file ``ann_file`` with images in ``img_dir``."""
+    transform = instantiate(cfg.data.test_transform)
+    if ann_file is not None:
+        val_sets = {"bbox": CocoDetection(img_dir if img_dir is not None else ann_file.parent, ann_file, transform)}
+    else:
+        val_sets = {"bbox": instantiate(cfg.data.source).val_dataset(transform)}
+        for name, source in cfg.data.extra_val.items():
+            val_sets[f"{name}_bbox"] = instantiate(source).val_dataset(transform)
+    return Evaluation(
+        val_sets,
+        backbone=instantiate(cfg.backbone),
+        parts=build_parts(cfg),
+        test=to_dataclass(TestConfig, cfg.test),
+        pad_or=int(getattr(transform, "pad_or", 127)),
+        device=cfg.device,
+        num_workers=int(cfg.trainer.num_workers),
+    )
+
+
 # what a bad config file or node raises (tools turn these into one-line errors)
-CONFIG_ERRORS: tuple[type[Exception], ...] = (InstantiationException, OmegaConfBaseException)
+CONFIG_ERRORS: tuple[type[Exception], ...] = (InstantiationException, OmegaConfBaseException, HydraException)
 
 
 def load_config(path: Path) -> DictConfig:
@@ -106,6 +129,37 @@ def instantiate_node(node: Any, **kwargs: Any) -> Any:
 def select(cfg: DictConfig, key: str, default: Any = None) -> Any:
     """``cfg``'s value at the dotted ``key``, or ``default`` when absent."""
     return OmegaConf.select(cfg, key, default=default)
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """A saved config with command-line style ``overrides`` applied (a copy; ``cfg`` is unchanged).
+
+    ``group=option`` (e.g. ``test=multiscale``) replaces the node by ``conf/<group>/<option>.yaml``;
+    ``key=value`` / ``+key=value`` set a value (lists as ``test.scales=[0.5,1]``). Errors name the override.
+    """
+    out = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg, resolve=False)))
+    for ov in OverridesParser.create().parse_overrides(list(overrides)):
+        key, value = ov.key_or_group, ov.value()
+        option = CONFIG_DIR / key / f"{value}.yaml"
+        if "." not in key and (CONFIG_DIR / key).is_dir():
+            if not option.is_file():
+                raise ValueError(f"override {ov.input_line}: no option {value!r} in group {key} ({group_options(key)})")
+            out[key] = OmegaConf.load(option)
+            continue
+        if not ov.is_add() and OmegaConf.select(out, key, default=_MISSING) is _MISSING:
+            raise ValueError(f"override {ov.input_line}: key {key} is not in the config (use +{key}=... to add it)")
+        OmegaConf.update(out, key, value, merge=False, force_add=True)
+    return out
+
+
+_MISSING = object()
+
+
+def to_plain(cfg: DictConfig, drop: Sequence[str] = ("tracking",)) -> dict[str, Any]:
+    """The config as resolved plain dicts/lists, without the top-level nodes in ``drop`` (e.g. the
+    ``tracking`` node, whose ``${now:}`` only resolves inside a Hydra job)."""
+    kept = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k not in drop])
+    return cast(dict[str, Any], OmegaConf.to_container(kept, resolve=True))
 
 
 class SweepSummary(Callback):

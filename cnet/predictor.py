@@ -1,8 +1,10 @@
 """Inference: ``Predictor(model, postprocess, views)`` turns images into detections.
 
-Each test-time view (identity, horizontal flip, later a scale) maps the input batch with
-``apply`` and maps its boxes back with ``invert``. All views go through the model as one batch;
-their candidates are merged per image before soft-NMS (CornerNet/CentripetalNet flip testing).
+Each test-time view (identity, horizontal flip, a scale with or without flip) maps the input batch
+with ``apply`` and maps its boxes back with ``invert``. Views whose inputs have the same size go
+through the model as one batch (flip-only testing: one forward pass); views of different sizes are
+separate passes. Their candidates are merged per image before soft-NMS (CornerNet/CentripetalNet
+flip and multi-scale testing).
 With an ``oracle`` the same forward pass also gives the matching-only detections.
 """
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -29,7 +32,11 @@ ORACLE_PREFIX = "oracle_"  # metric/results prefix of the matching-only variant
 
 
 class View(Protocol):
-    """One test-time view of the input. ``input_size`` is the (height, width) the model sees."""
+    """One test-time view of the input. ``input_size`` is the (height, width) of the plain input."""
+
+    def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) of the view's input batch for a plain input of ``input_size``."""
+        ...
 
     def apply(self, images: Tensor) -> Tensor:
         """[B, 3, H, W] -> the view's input batch."""
@@ -47,6 +54,9 @@ class View(Protocol):
 class Identity:
     """The input as it is."""
 
+    def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        return input_size
+
     def apply(self, images: Tensor) -> Tensor:
         return images
 
@@ -60,6 +70,9 @@ class Identity:
 class HFlip:
     """The horizontally mirrored input; mirroring is its own inverse."""
 
+    def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        return input_size
+
     def apply(self, images: Tensor) -> Tensor:
         return images.flip(-1)
 
@@ -70,9 +83,80 @@ class HFlip:
         return mirror_boxes(boxes, input_size[1])
 
 
-def test_views(flip: bool) -> list[View]:
-    """The paper's test-time views: the image, plus its mirror with ``flip``."""
-    return [Identity(), HFlip()] if flip else [Identity()]
+class Scale:
+    """The plain input (mirrored first with ``flip``) resized by ``scale`` and centre-padded to
+    ``h | pad_or, w | pad_or`` as the test transform pads (zeros: the mean pixel after
+    normalization). ``invert`` removes that padding and divides by the realised per-axis ratio
+    (``int(H * scale) / H``), so boxes come back in the plain input's pixels.
+
+    The whole padded plain input is resized (CornerNet resizes the image, then pads): the two
+    differ only in the one-pixel bilinear blend at the image's edge with the mean padding.
+    """
+
+    def __init__(self, scale: float, pad_or: int = 127, flip: bool = False) -> None:
+        if scale <= 0:
+            raise ValueError(f"test.scales: scale {scale} must be > 0")
+        self.scale, self.pad_or, self.flip = float(scale), int(pad_or), flip
+
+    def _resized(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        h, w = input_size
+        return max(int(h * self.scale), 1), max(int(w * self.scale), 1)
+
+    def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        rh, rw = self._resized(input_size)
+        return rh | self.pad_or, rw | self.pad_or
+
+    def _geometry(self, input_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """(offset [4], ratio [4]) so that view xyxy = plain xyxy * ratio + offset."""
+        (h, w), (rh, rw) = input_size, self._resized(input_size)
+        out_h, out_w = self.output_size(input_size)
+        top, left = out_h // 2 - rh // 2, out_w // 2 - rw // 2
+        sx, sy = rw / w, rh / h
+        return torch.tensor([left, top, left, top], dtype=torch.float32), torch.tensor([sx, sy, sx, sy])
+
+    def apply(self, images: Tensor) -> Tensor:
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        rh, rw = self._resized(size)
+        out_h, out_w = self.output_size(size)
+        x = images.flip(-1) if self.flip else images
+        if (rh, rw) != size:
+            x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False)
+        top, left = out_h // 2 - rh // 2, out_w // 2 - rw // 2
+        out = x.new_zeros(*x.shape[:-2], out_h, out_w)
+        out[..., top : top + rh, left : left + rw] = x
+        return out
+
+    def apply_boxes(self, boxes: Tensor, input_size: tuple[int, int]) -> Tensor:
+        offset, ratio = (t.to(boxes) for t in self._geometry(input_size))
+        boxes = mirror_boxes(boxes, input_size[1]) if self.flip else boxes
+        return boxes * ratio + offset
+
+    def invert(self, boxes: Tensor, input_size: tuple[int, int]) -> Tensor:
+        offset, ratio = (t.to(boxes) for t in self._geometry(input_size))
+        boxes = (boxes - offset) / ratio
+        return mirror_boxes(boxes, input_size[1]) if self.flip else boxes
+
+
+# CornerNet's multi-scale test set (conf/test/multiscale.yaml)
+CORNERNET_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+def test_views(flip: bool, scales: Sequence[float] = (1.0,), pad_or: int = 127) -> list[View]:
+    """The test-time views: per scale the image, plus its mirror with ``flip``.
+
+    Scale 1 is the plain input itself (:class:`Identity`, :class:`HFlip`), so ``scales=[1]`` is
+    single-scale testing exactly; other scales are :class:`Scale` views (``pad_or``: the test
+    transform's padding).
+    """
+    views: list[View] = []
+    for s in scales:
+        if float(s) == 1.0:
+            views += [Identity(), HFlip()] if flip else [Identity()]
+        else:
+            views += [Scale(s, pad_or), Scale(s, pad_or, flip=True)] if flip else [Scale(s, pad_or)]
+    if not views:
+        raise ValueError("test.scales is empty: give at least one scale, e.g. test.scales=[1]")
+    return views
 
 
 test_views.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
@@ -100,31 +184,51 @@ class Predictor:
         """Detection variants a call returns: ``""`` and, with an oracle, ``"oracle_"``."""
         return [""] + ([ORACLE_PREFIX] if self.oracle is not None else [])
 
+    def groups(self, input_size: tuple[int, int]) -> list[list[View]]:
+        """The views by the size of their input (first-seen order): one forward pass per group."""
+        by_size: dict[tuple[int, int], list[View]] = {}
+        for view in self.views:
+            by_size.setdefault(view.output_size(input_size), []).append(view)
+        return list(by_size.values())
+
     @torch.no_grad()
     def __call__(
         self, images: Tensor, metas: list[ImageMeta], targets: list[GroundTruth] | None = None
     ) -> dict[str, list[Detections]]:
-        outputs = self.model(torch.cat([view.apply(images) for view in self.views]))  # [V*B, ...]
-        result = {"": self._merge(outputs, metas)}
-        if self.oracle is not None and targets is not None:
-            size = outputs.input_size
-            view_targets = [
-                GroundTruth(view.apply_boxes(t.boxes, size), t.labels) for view in self.views for t in targets
-            ]
-            result[ORACLE_PREFIX] = self._merge(self.oracle(outputs, view_targets), metas)
+        size = (int(images.shape[-2]), int(images.shape[-1]))  # the plain input batch [B, 3, H, W]
+        with_oracle = self.oracle is not None and targets is not None
+        cands: dict[str, list[list[Candidates]]] = {"": [], ORACLE_PREFIX: []}  # per view: per image
+        for views in self.groups(size):
+            outputs = self.model(torch.cat([view.apply(images) for view in views]))  # [V*B, ...]
+            cands[""] += self._per_view(outputs, views, size, len(metas))
+            if with_oracle:
+                assert self.oracle is not None and targets is not None
+                view_targets = [
+                    GroundTruth(view.apply_boxes(t.boxes, size), t.labels) for view in views for t in targets
+                ]
+                cands[ORACLE_PREFIX] += self._per_view(self.oracle(outputs, view_targets), views, size, len(metas))
+        result = {"": self._merge(cands[""], metas)}
+        if with_oracle:
+            result[ORACLE_PREFIX] = self._merge(cands[ORACLE_PREFIX], metas)
         return result
 
-    def _merge(self, outputs: Outputs, metas: list[ImageMeta]) -> list[Detections]:
-        cands = self.postprocess.candidates(outputs)  # view-major: entry v * B + i
-        b, size = len(metas), outputs.input_size
+    def _per_view(self, outputs: Outputs, views: list[View], size: tuple[int, int], b: int) -> list[list[Candidates]]:
+        """Candidates of one forward pass (view-major: entry v * B + i), boxes in plain-input pixels."""
+        cands = self.postprocess.candidates(outputs)
+        return [
+            [Candidates(view.invert(c.boxes, size), c.scores, c.labels) for c in cands[v * b : (v + 1) * b]]
+            for v, view in enumerate(views)
+        ]
+
+    def _merge(self, per_view: list[list[Candidates]], metas: list[ImageMeta]) -> list[Detections]:
+        """All views' candidates of each image, concatenated in view order, then soft-NMS and top-k."""
         merged = []
-        for i in range(b):
-            per_view = [cands[v * b + i] for v in range(len(self.views))]
+        for i in range(len(metas)):
             merged.append(
                 Candidates(
-                    torch.cat([view.invert(c.boxes, size) for view, c in zip(self.views, per_view)]),
-                    torch.cat([c.scores for c in per_view]),
-                    torch.cat([c.labels for c in per_view]),
+                    torch.cat([view[i].boxes for view in per_view]),
+                    torch.cat([view[i].scores for view in per_view]),
+                    torch.cat([view[i].labels for view in per_view]),
                 )
             )
         return self.postprocess.finalize(merged, metas)

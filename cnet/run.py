@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -18,6 +18,7 @@ from cnet import distributed
 from cnet.checkpoint import checkpoint_exists
 from cnet.criterion import Criterion
 from cnet.data import CocoData, collate
+from cnet.data.coco import CocoDetection
 from cnet.data.sampler import GlobalBatchSampler, ShardSampler
 from cnet.detector import CornerDetector
 from cnet.oracle import CornerOracle
@@ -60,6 +61,7 @@ class TestConfig:
     __test__ = False  # not a pytest test class
 
     flip: bool = True
+    scales: list[float] = field(default_factory=lambda: [1.0])  # multi-scale testing (with flip per scale)
     matching_only: bool = True
     corner_topk: int = 100
     num_dets: int = 1000
@@ -84,6 +86,63 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def build_predictor(model: CornerDetector, num_classes: int, test: TestConfig, pad_or: int = 127) -> Predictor:
+    """The post-processor and test-time views of ``test`` around ``model`` (``pad_or``: the test
+    transform's padding, which scaled views repeat)."""
+    postprocess = PostProcess(
+        model.matching, test.corner_topk, test.num_dets, test.max_per_image,
+        test.nms_sigma, test.nms_min_score, test.kernel,
+    )  # fmt: skip
+    oracle = CornerOracle(num_classes) if test.matching_only else None
+    return Predictor(model, postprocess, test_views(test.flip, test.scales, pad_or), oracle)
+
+
+def eval_loader(dataset: CocoDetection, num_workers: int = 0) -> DataLoader:
+    """One image per batch, this rank's shard in dataset order (as the training run evaluates)."""
+    env = distributed.current()
+    return DataLoader(
+        dataset, batch_size=1, sampler=ShardSampler(len(dataset), env.world_size, env.rank),
+        num_workers=num_workers, collate_fn=collate,
+    )  # fmt: skip
+
+
+class Evaluation:
+    """A detector, its predictor and validation loaders, without training data or optimizer:
+    ``evaluate(checkpoint)`` scores a checkpoint's weights (cnet.tools.test).
+
+    ``val_sets``: name (``bbox``, ``crowd_bbox``, ...) -> dataset; the model gets the first one's classes.
+    """
+
+    def __init__(
+        self,
+        val_sets: dict[str, CocoDetection],
+        backbone: nn.Module,
+        parts: dict[str, Callable[..., Any]],
+        test: TestConfig,
+        pad_or: int = 127,
+        device: str = "auto",
+        num_workers: int = 0,
+    ) -> None:
+        self.device = resolve_device(device, distributed.current().local_rank)
+        self.val_sets = val_sets
+        self.num_classes = next(iter(val_sets.values())).num_classes
+        self.model = CornerDetector(backbone, self.num_classes, **cast(dict[str, Any], parts)).to(self.device)
+        self.predictor = build_predictor(self.model, self.num_classes, test, pad_or)
+        self.loaders = {k: eval_loader(v, num_workers) for k, v in val_sets.items()}
+
+    def load(self, state: TrainState, source: Path) -> None:
+        """The weights of ``state`` (read from ``source``); a model mismatch is one line naming it."""
+        try:
+            self.model.load_state_dict(state.model)
+        except RuntimeError as err:
+            lines = str(err).strip().splitlines()
+            first = lines[1].strip() if len(lines) > 1 else lines[0]
+            raise ValueError(
+                f"checkpoint {source} does not fit the configured model ({first});"
+                " check the backbone/matching/adaption overrides and the annotation file's categories"
+            ) from err
 
 
 class Run:
@@ -134,20 +193,14 @@ class Run:
             train_set, batch_sampler=sampler, generator=g, num_workers=trainer.num_workers, collate_fn=collate,
             persistent_workers=False, pin_memory=self.device.type == "cuda",
         )  # fmt: skip
-        self.val_loaders = {
-            k: DataLoader(v, batch_size=1, sampler=ShardSampler(len(v), world, self.env.rank),
-                          num_workers=trainer.num_workers, collate_fn=collate)
-            for k, v in val_sets.items()
-        }  # fmt: skip
+        self.val_loaders = {k: eval_loader(v, trainer.num_workers) for k, v in val_sets.items()}
         self.model = CornerDetector(backbone, train_set.num_classes, **cast(dict[str, Any], parts)).to(self.device)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.criterion = Criterion(train_set.num_classes, self.model.parts)
-        self.postprocess = PostProcess(
-            self.model.matching, test.corner_topk, test.num_dets, test.max_per_image,
-            test.nms_sigma, test.nms_min_score, test.kernel,
-        )  # fmt: skip
-        oracle = CornerOracle(train_set.num_classes) if test.matching_only else None
-        self.predictor = Predictor(self.model, self.postprocess, test_views(test.flip), oracle)
+        self.predictor = build_predictor(
+            self.model, train_set.num_classes, test, int(getattr(test_transform, "pad_or", 127))
+        )
+        self.postprocess = self.predictor.postprocess
         self.optimizer = optimizer(self.model.parameters())
         self.scheduler = warmup_multistep(
             self.optimizer, sampler.steps_per_epoch, schedule.milestones, schedule.gamma,
