@@ -245,8 +245,8 @@ MUTANTS: list[Mutant] = [
         "merge_view_index_image_major",
         "TTA",
         "cnet/predictor.py",
-        "per_view = [cands[v * b + i] for v in range(len(self.views))]",
-        "per_view = [cands[i * len(self.views) + v] for v in range(len(self.views))]",
+        "for c in cands[v * b : (v + 1) * b]]",
+        "for c in cands[v :: len(views)]]",
         ("tests/test_predictor.py",),
     ),
     Mutant(
