@@ -156,7 +156,8 @@ def bench_model(args: argparse.Namespace, device: torch.device) -> dict[str, Any
 
 def to_markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
-    lines = [f"# cnet training throughput ({env['device']}, torch {env['torch']})", "",
+    lines = [f"# cnet training throughput ({env['device']}, {env.get('cpus')} CPUs, torch {env['torch']}, "
+             f"1-min load average {env.get('load_average_1min', float('nan')):.1f} at start)", "",
              f"Model: `{' '.join(result['overrides'])}`; medians of {result['steps']} steps after "
              f"{result['warmup']} warm-up steps; random {result['size']}x{result['size']} inputs.", ""]  # fmt: skip
     if "cpu" in result:
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     result: dict[str, Any] = {
         "environment": {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
-                        "torch": torch.__version__},
+                        "torch": torch.__version__, "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0]},
         "overrides": args.overrides, "steps": args.steps, "warmup": args.warmup, "size": args.size,
     }  # fmt: skip
     if cuda:
