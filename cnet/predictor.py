@@ -304,5 +304,8 @@ def evaluate(
             for name in loaders:
                 tag = f"{variant}{name}"
                 metrics |= {f"{tag}_{k}": v for k, v in figures[tag].items()}
-                print(f"[{tag}] {header}\n{format_table(figures[tag])}", flush=True)
+                mis = "  ".join(
+                    f"{k}={figures[tag][k]:.3f}" for k in ("mispair_rate", "mispair_fp_rate", "dAP_mispair")
+                )
+                print(f"[{tag}] {header}\n{format_table(figures[tag])}\n{mis}", flush=True)
     return distributed.broadcast_object(metrics)

@@ -2,14 +2,19 @@
 
 import contextlib
 import io
+import json
+import types
 
 import numpy as np
 import pytest
+import torch
 from pycocotools.coco import COCO
 
 from cnet.evaluation import evaluate_coco
 from cnet.evaluation.mispair import CATEGORIES, classify_image, classify_results, mispair_figures
+from cnet.predictor import evaluate
 from cnet.targets import gaussian_radius
+from cnet.types import Detections
 
 # Two look-alike 40x40 objects of class 1, diagonal neighbours (xyxy). Radius ~9 px each.
 GT_A = [10.0, 10.0, 50.0, 50.0]
@@ -168,3 +173,41 @@ def test_figures_reject_mismatched_records():
     coco = make_gt()
     with pytest.raises(ValueError, match="records"):
         mispair_figures(coco, [result(GT_A, 0.9)], [])
+
+
+# ------------------------------------------------------------------ evaluate() wiring
+
+
+class _StubPredictor:
+    """Predictor stand-in: fixed detections (contiguous label 0 = category 3) for image 1."""
+
+    def __init__(self, variants):
+        self._dets = variants
+
+    def variants(self):
+        return list(self._dets)
+
+    def predict(self, loader, device):
+        return [1], {v: [d] for v, d in self._dets.items()}
+
+
+def test_evaluate_adds_mispair_figures_and_file_and_keeps_coco_figures(tmp_path):
+    def dets(boxes, scores):
+        return Detections(torch.tensor(boxes), torch.tensor(scores), torch.zeros(len(boxes), dtype=torch.long))
+
+    coco = make_gt()
+    loader = types.SimpleNamespace(dataset=types.SimpleNamespace(coco=coco, label_to_cat_id=[3]))
+    predictor = _StubPredictor(
+        {"": dets([PRED_AB, GT_A, GT_B], [0.95, 0.9, 0.4]), "oracle_": dets([GT_A, GT_B], [0.9, 0.8])}
+    )
+    metrics = evaluate(predictor, {"bbox": loader}, torch.device("cpu"), out_dir=tmp_path)
+    results = [result(PRED_AB, 0.95), result(GT_A, 0.9), result(GT_B, 0.4)]
+    for k, v in evaluate_coco(coco, results).items():  # COCO figures as before
+        assert metrics[f"bbox_{k}"] == pytest.approx(v)
+    assert metrics["bbox_mispair_rate"] == pytest.approx(1 / 3)
+    assert metrics["bbox_mispair_fp_rate"] == pytest.approx(1.0)
+    assert metrics["bbox_dAP_mispair"] > 0
+    assert metrics["oracle_bbox_mispair_rate"] == metrics["oracle_bbox_dAP_mispair"] == 0.0
+    records = json.loads((tmp_path / "mispairs_bbox.json").read_text())
+    assert [r["error"] for r in records] == ["mispair", "tp", "tp"]
+    assert (tmp_path / "mispairs_oracle_bbox.json").exists()
