@@ -115,31 +115,22 @@ def classify_image(
     tl_near &= same_cls
     br_near &= same_cls
 
-    categories: list[str] = []
-    tl_gt: list[int] = []
-    br_gt: list[int] = []
-    for d in range(num_pred):
-        tl_idx, br_idx = -1, -1
-        tl_set, br_set = np.flatnonzero(tl_near[d]), np.flatnonzero(br_near[d])
-        if matched_gt[d] >= 0:
-            cat = "tp"
-        elif len(tl_set) and len(br_set) and not np.intersect1d(tl_set, br_set).size:
-            # Disjoint non-empty sets: every (tl, br) pair is two different objects.
-            cat = "mispair"
-            score = iou[d, tl_set][:, None] * iou[d, br_set][None, :]
-            i, j = np.unravel_index(int(score.argmax()), score.shape)
-            tl_idx, br_idx = int(tl_set[i]), int(br_set[j])
-        elif np.any(same_cls[d] & gt_taken & (iou[d] >= MATCH_IOU)):
-            cat = "duplicate"
-        elif np.any(same_cls[d] & (iou[d] >= LOC_MIN_IOU)):
-            cat = "localisation"  # same-class IoU >= 0.5 would have matched or been a duplicate
-        elif np.any(~same_cls[d] & (iou[d] >= MATCH_IOU)):
-            cat = "class_confusion"
-        else:
-            cat = "background"
-        categories.append(cat)
-        tl_gt.append(tl_idx)
-        br_gt.append(br_idx)
+    # Vectorised over detections (COCO val: ~100 per image); np.select keeps the first true test.
+    # Mispair: both corner sets non-empty and disjoint, so every (tl, br) pair is two objects.
+    mispair = tl_near.any(1) & br_near.any(1) & ~(tl_near & br_near).any(1)
+    tests = [
+        matched_gt >= 0,
+        mispair,
+        (same_cls & gt_taken[None, :] & (iou >= MATCH_IOU)).any(1),
+        (same_cls & (iou >= LOC_MIN_IOU)).any(1),  # same-class IoU >= 0.5 matched or duplicated
+        (~same_cls & (iou >= MATCH_IOU)).any(1),
+    ]
+    categories = [str(c) for c in np.select(tests, list(CATEGORIES[:-1]), default=CATEGORIES[-1])]
+    tl_gt, br_gt = [-1] * num_pred, [-1] * num_pred
+    for d in np.flatnonzero(mispair & (matched_gt < 0)):
+        # the objects the box joined: the (tl, br) pair it overlaps most
+        pair = np.where(tl_near[d][:, None] & br_near[d][None, :], iou[d][:, None] * iou[d][None, :], -1.0)
+        tl_gt[d], br_gt[d] = (int(k) for k in np.unravel_index(int(pair.argmax()), pair.shape))
     return ImageErrors(categories=categories, tl_gt=tl_gt, br_gt=br_gt)
 
 
