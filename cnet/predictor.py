@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from cnet import distributed
 from cnet.evaluation.coco_eval import detections_to_coco, evaluate_coco, format_table, write_results
+from cnet.evaluation.mispair import classify_results, mispair_figures
 from cnet.ops import mirror_boxes
 from cnet.postprocess import Candidates, PostProcess
 from cnet.types import Detections, GroundTruth, ImageMeta, Outputs
@@ -267,6 +268,9 @@ def evaluate(
 ) -> dict[str, float]:
     """COCO box figures of every variant on every loader, as ``<variant><loader>_<figure>``.
 
+    Besides the 12 COCO figures: ``mispair_rate``, ``mispair_fp_rate`` and ``dAP_mispair``
+    (cnet.evaluation.mispair), with per-detection categories in ``mispairs_<variant><loader>.json``.
+
     Loaders' datasets expose ``coco`` and ``label_to_cat_id``; each variant's detections are
     written to ``out_dir/results_<variant><loader>.json``. Tables are printed in the order
     variant-major (plain first, then matching-only). In a data-parallel group each rank predicts
@@ -289,11 +293,19 @@ def evaluate(
             if out_dir is not None:
                 write_results(out_dir / f"results_{tag}.json", results)
             figures[tag] = evaluate_coco(dataset.coco, results, iou_type="bbox")
+            # Wrong corner pairs (issue 15): ours-only figures beside the COCO ones.
+            records = classify_results(dataset.coco, results)
+            if out_dir is not None:
+                write_results(out_dir / f"mispairs_{tag}.json", records)
+            figures[tag] |= mispair_figures(dataset.coco, results, records, ap_before=figures[tag]["AP"])
     metrics: dict[str, float] = {}
     if env.is_main:
         for variant in predictor.variants():
             for name in loaders:
                 tag = f"{variant}{name}"
                 metrics |= {f"{tag}_{k}": v for k, v in figures[tag].items()}
-                print(f"[{tag}] {header}\n{format_table(figures[tag])}", flush=True)
+                mis = "  ".join(
+                    f"{k}={figures[tag][k]:.3f}" for k in ("mispair_rate", "mispair_fp_rate", "dAP_mispair")
+                )
+                print(f"[{tag}] {header}\n{format_table(figures[tag])}\n{mis}", flush=True)
     return distributed.broadcast_object(metrics)
