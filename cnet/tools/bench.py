@@ -167,6 +167,13 @@ def to_markdown(result: dict) -> str:
         "One process, `python -m cnet.tools.bench`.",
         "",
     ]
+    if result.get("rerun"):
+        old = result["rerun"]["others_from"] or {}
+        lines += [
+            f"Only the {result['rerun']['section']} section was re-run here; the others are kept from an "
+            f"earlier run (torch {old.get('torch', '?')}, {old.get('threads', '?')} threads).",
+            "",
+        ]
     if result.get("decode"):
         lines += [
             f"## Decode time per image ({st['num_classes']} classes, {st['map_size']}x{st['map_size']} maps, "
@@ -251,6 +258,14 @@ def main(argv: list[str] | None = None) -> None:
     suffix = "" if device.type == "cpu" else f"_{device.type}"
     json_path = args.out.with_name(args.out.name + suffix + ".json")
     md_path = args.out.with_name(args.out.name + suffix + ".md")
+
+    if args.only and json_path.exists():  # one section re-run: keep the others of the report
+        previous = json.loads(json_path.read_text())
+        result |= {k: v for k, v in previous.items() if k in ("decode", "adaption", "deform") and k != args.only}
+        result |= {k: v for k, v in previous.items() if k.endswith("_repeats") and not k.startswith(args.only)}
+        if args.only != "decode" and "repeats" in previous:  # the decode header's repeats
+            result["repeats"] = previous["repeats"]
+        result["rerun"] = {"section": args.only, "others_from": previous.get("environment")}
 
     def write() -> None:  # after each section: a slow adaption section never loses the decode figures
         json_path.write_text(json.dumps(result, indent=2))
