@@ -47,3 +47,15 @@ def test_bench_reports_every_option(tmp_path):
         conv = next(c for c in result["deform"] if c["impl"] == "conv" and c["shape"] == r["shape"])
         assert r["ratio"] == pytest.approx(r["ms_fwd_bwd"] / conv["ms_fwd_bwd"]), r
     assert "| native | 1x4x6x5 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_only_one_section_keeps_the_others(tmp_path):
+    out = tmp_path / "bench"
+    tiny = ["--size", "12", "--channels", "8", "--adaption-batch", "1", "--out", str(out)]
+    main(["--repeats", "1", "--only", "decode", *tiny])
+    decode = json.loads((tmp_path / "bench.json").read_text())["decode"]
+    main(["--repeats", "2", "--only", "deform", "--deform-shapes", "1x2x3x3", *tiny])
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["decode"] == decode and result["repeats"] == 1 and result["deform_repeats"] == 2
+    assert {r["shape"] for r in result["deform"]} == {"1x2x3x3"}
+    assert "Only the deform section was re-run" in (tmp_path / "bench.md").read_text()
