@@ -56,6 +56,9 @@ def deform_conv3x3(x: Tensor, offset: Tensor, weight: Tensor, impl: str = "auto"
         )
     if resolve_impl(impl, x.device) == "torchvision":
         return deform_conv2d(x, offset, weight, padding=1)
+    if torch.is_autocast_enabled(x.device.type):  # as torchvision's autocast rule: fp32 inside
+        with torch.autocast(x.device.type, enabled=False):
+            return deform_conv3x3(x.float(), offset.float(), weight.float(), impl).to(x.dtype)
     out = _DeformConv3x3.apply(x, offset, weight)
     assert isinstance(out, Tensor)
     return out

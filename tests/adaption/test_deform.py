@@ -100,3 +100,11 @@ def test_adaption_modules_agree_across_impls(name):
         assert (a is None) == (b is None)
         if a is not None and a.abs().max() > 0:
             assert rel_err(b, a) < 1e-5
+
+
+def test_native_under_cpu_autocast_computes_in_float32():
+    x, offset, weight = inputs(1, 3, 2, 4, 4, spread=1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = deform_conv3x3(x, offset, weight, impl="native")
+        ref = deform_conv3x3(x, offset, weight, impl="torchvision")
+    assert out.dtype == ref.dtype and rel_err(out.float(), ref.float()) < 1e-5
