@@ -4,17 +4,20 @@ Every deformable module here (dcn, roi_conv, cross_star) runs the same operation
 convolution, stride 1, padding 1, one offset group, no mask, no bias, with torchvision's offset
 layout ((dy, dx) per tap, row-major taps; see :mod:`cnet.adaption.sampling`).
 ``torchvision.ops.deform_conv2d`` computes it with an im2col per image whose CPU backward is
-single-threaded per sample and 11-14x a plain convolution. The ``native`` implementation computes
-the same numbers (bilinear sampling with the 4 neighbours, each neighbour outside the map counting
-as 0, samples at or beyond one cell outside giving 0) from plain tensor ops:
+10-14x a plain convolution. The ``native`` implementation computes the same numbers (bilinear
+sampling with the 4 neighbours, each neighbour outside the map counting as 0, so a sample one cell
+or more outside gives 0) from two fused library kernels:
 
-* the 4 neighbour indices and bilinear weights of all nine taps are computed once per call
-  ([B*H*W*9] each) and reused by the backward;
-* the input is read channels-last, so each neighbour is one ``index_select`` of C-long rows, and
-  the sampled columns [B*H*W, 9*C] meet the weight [Cout, 9*C] in one matrix multiply;
-* the backward gets the input gradient by ``index_add_`` of the same rows, the weight gradient
-  from the saved columns, and the offset gradient from per-row dot products (no autograd graph
-  over the big intermediates).
+* ``grid_sample`` (bilinear, zero padding) samples the nine taps of every cell for all channels in
+  one call: the grid [B, 9H, W, 2] stacks the taps along H, so the samples [B, C, 9H, W] already are
+  the im2col columns [B, C*9, H*W] in the (channel, tap) order of ``weight.view(Cout, C*9)``;
+* one batched matrix multiply with the weight gives the output;
+* the backward (a custom autograd.Function, no graph over the big columns) reuses the saved grid
+  and columns: the weight gradient from the columns, the column gradient by one batched multiply,
+  then grid_sample's own backward gives the input and grid (= offset) gradients in one pass,
+  skipping the offset gradient when the offsets need none (RoI conv detaches them).
+
+The columns (B*C*9*H*W floats) are kept for the backward: 0.9 GB at 6 x 256 x 128 x 128.
 
 ``impl="auto"`` picks ``native`` on CPU and torchvision's kernel elsewhere (CUDA has a fused one);
 that choice is made in :func:`resolve_impl` only.
