@@ -25,7 +25,10 @@ def test_ratios_are_to_the_reference_of_the_same_group():
 
 def test_bench_reports_every_option(tmp_path):
     out = tmp_path / "bench"
-    main(["--repeats", "1", "--size", "12", "--channels", "8", "--adaption-batch", "1", "--out", str(out)])
+    main(
+        ["--repeats", "1", "--size", "12", "--channels", "8", "--adaption-batch", "1", "--out", str(out)]
+        + ["--deform-shapes", "1x4x6x5,2x3x4x4"]
+    )
     result = json.loads((tmp_path / "bench.json").read_text())
     assert {r["matching"] for r in result["decode"]} == set(options("matching"))
     assert {r["batch"] for r in result["decode"]} == {1, 8}
@@ -36,3 +39,23 @@ def test_bench_reports_every_option(tmp_path):
     for r in result["decode"]:
         assert r["ratio"] == pytest.approx(r["ms_per_image"] / ref[r["batch"]]), r
     assert "| centripetal | 1 |" in (tmp_path / "bench.md").read_text()
+    # deform: plain conv, torchvision and native per shape, ratios to plain conv
+    assert {(r["impl"], r["shape"]) for r in result["deform"]} == {
+        (i, s) for i in ("conv", "torchvision", "native") for s in ("1x4x6x5", "2x3x4x4")
+    }
+    for r in result["deform"]:
+        conv = next(c for c in result["deform"] if c["impl"] == "conv" and c["shape"] == r["shape"])
+        assert r["ratio"] == pytest.approx(r["ms_fwd_bwd"] / conv["ms_fwd_bwd"]), r
+    assert "| native | 1x4x6x5 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_only_one_section_keeps_the_others(tmp_path):
+    out = tmp_path / "bench"
+    tiny = ["--size", "12", "--channels", "8", "--adaption-batch", "1", "--out", str(out)]
+    main(["--repeats", "1", "--only", "decode", *tiny])
+    decode = json.loads((tmp_path / "bench.json").read_text())["decode"]
+    main(["--repeats", "2", "--only", "deform", "--deform-shapes", "1x2x3x3", *tiny])
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["decode"] == decode and result["repeats"] == 1 and result["deform_repeats"] == 2
+    assert {r["shape"] for r in result["deform"]} == {"1x2x3x3"}
+    assert "Only the deform section was re-run" in (tmp_path / "bench.md").read_text()

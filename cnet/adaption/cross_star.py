@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
+from cnet.adaption.deform import DeformImpl, deform_conv3x3
 from cnet.adaption.guided import GuidedDeformation
 from cnet.heads import kp_layer
 from cnet.targets import CornerTargets, cell_to_center_targets
@@ -31,8 +31,9 @@ def encode_guiding_shift(corners: CornerTargets, grid: Grid) -> dict[str, Tensor
 class _CornerDeform(nn.Module):
     """One corner's guiding branch, offset conv and 3x3 deformable conv (no bias, as released)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, impl: DeformImpl = "auto") -> None:
         super().__init__()
+        self.impl = impl
         self.guiding = kp_layer(channels, 2)
         self.offset = nn.Conv2d(2, 18, 1, bias=False)
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
@@ -42,7 +43,7 @@ class _CornerDeform(nn.Module):
     def forward(self, pool: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         guiding = self.guiding(pool)  # [B, 2, H, W]
         offset = self.offset(guiding.detach())  # [B, 18, H, W]: (dy, dx) per sampling point
-        return deform_conv2d(pool, offset, self.weight, padding=1), guiding, offset
+        return deform_conv3x3(pool, offset, self.weight, self.impl), guiding, offset
 
 
 class CrossStar(GuidedDeformation):
@@ -51,10 +52,12 @@ class CrossStar(GuidedDeformation):
     Args:
         in_channels: channels of the corner-pooled feature (kept by the output).
         guiding_weight: weight alpha of the guiding-shift loss in Eq. 9 (paper: 0.05).
+        impl: deformable-conv implementation (:func:`cnet.adaption.deform.resolve_impl`).
     """
 
-    def __init__(self, in_channels: int, guiding_weight: float = 0.05) -> None:
-        super().__init__(in_channels, "guiding", guiding_weight, _CornerDeform(in_channels), _CornerDeform(in_channels))
+    def __init__(self, in_channels: int, guiding_weight: float = 0.05, impl: DeformImpl = "auto") -> None:
+        tl, br = _CornerDeform(in_channels, impl), _CornerDeform(in_channels, impl)
+        super().__init__(in_channels, "guiding", guiding_weight, tl, br)
 
     def encode_targets(self, corners: CornerTargets, grid: Grid) -> dict[str, Tensor]:
         return encode_guiding_shift(corners, grid)

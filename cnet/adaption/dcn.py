@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
 from cnet.adaption.base import Adaption
+from cnet.adaption.deform import DeformImpl, deform_conv3x3
 from cnet.adaption.sampling import NUM_TAPS
 
 
 class _CornerDCN(nn.Module):
     """One corner's offset conv (C -> 18, zero init) and 3x3 deformable conv (no bias)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, impl: DeformImpl = "auto") -> None:
         super().__init__()
+        self.impl = impl
         self.offset = nn.Conv2d(channels, 2 * NUM_TAPS, 3, padding=1)
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         nn.init.zeros_(self.offset.weight)
@@ -29,7 +30,7 @@ class _CornerDCN(nn.Module):
 
     def forward(self, pool: Tensor) -> tuple[Tensor, Tensor]:
         offset = self.offset(pool)  # [B, 18, H, W]: (dy, dx) per tap, row-major
-        return deform_conv2d(pool, offset, self.weight, padding=1), offset
+        return deform_conv3x3(pool, offset, self.weight, self.impl), offset
 
 
 class DCN(Adaption):
@@ -37,12 +38,13 @@ class DCN(Adaption):
 
     Args:
         in_channels: channels of the corner-pooled feature (kept by the output).
+        impl: deformable-conv implementation (:func:`cnet.adaption.deform.resolve_impl`).
     """
 
-    def __init__(self, in_channels: int) -> None:
+    def __init__(self, in_channels: int, impl: DeformImpl = "auto") -> None:
         super().__init__(in_channels)
-        self.tl = _CornerDCN(in_channels)
-        self.br = _CornerDCN(in_channels)
+        self.tl = _CornerDCN(in_channels, impl)
+        self.br = _CornerDCN(in_channels, impl)
 
     def forward(self, tl_pool: Tensor, br_pool: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         tl, tl_offset = self.tl(tl_pool)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
+from cnet.adaption.deform import DeformImpl, deform_conv3x3
 from cnet.adaption.guided import GuidedDeformation
 from cnet.adaption.sampling import KERNEL, kernel_taps, xy_to_offsets
 from cnet.heads import kp_layer
@@ -63,9 +63,9 @@ def roi_offsets(size: Tensor, corner: str) -> Tensor:
 class _CornerRoI(nn.Module):
     """One corner's box-size branch and 3x3 deformable conv (no bias) at the computed points."""
 
-    def __init__(self, channels: int, corner: str) -> None:
+    def __init__(self, channels: int, corner: str, impl: DeformImpl = "auto") -> None:
         super().__init__()
-        self.corner = corner
+        self.corner, self.impl = corner, impl
         self.size = kp_layer(channels, 2)
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         nn.init.normal_(self.weight, std=0.01)  # as the cross-star module
@@ -74,7 +74,7 @@ class _CornerRoI(nn.Module):
         log_size = self.size(pool)  # [B, 2, H, W] (ln w, ln h)
         size = log_size.detach().clamp(max=_MAX_LOG_SIZE).exp()
         offset = roi_offsets(size, self.corner)  # [B, 18, H, W]
-        return deform_conv2d(pool, offset, self.weight, padding=1), log_size, offset
+        return deform_conv3x3(pool, offset, self.weight, self.impl), log_size, offset
 
 
 class RoIConv(GuidedDeformation):
@@ -83,12 +83,12 @@ class RoIConv(GuidedDeformation):
     Args:
         in_channels: channels of the corner-pooled feature (kept by the output).
         size_weight: weight of the box-size loss (not in the paper; 0.05 as the guiding shift).
+        impl: deformable-conv implementation (:func:`cnet.adaption.deform.resolve_impl`).
     """
 
-    def __init__(self, in_channels: int, size_weight: float = 0.05) -> None:
-        super().__init__(
-            in_channels, "box_size", size_weight, _CornerRoI(in_channels, "tl"), _CornerRoI(in_channels, "br")
-        )
+    def __init__(self, in_channels: int, size_weight: float = 0.05, impl: DeformImpl = "auto") -> None:
+        tl, br = _CornerRoI(in_channels, "tl", impl), _CornerRoI(in_channels, "br", impl)
+        super().__init__(in_channels, "box_size", size_weight, tl, br)
 
     def encode_targets(self, corners: CornerTargets, grid: Grid) -> dict[str, Tensor]:
         return encode_box_size(corners, grid)

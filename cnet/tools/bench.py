@@ -4,6 +4,9 @@
   128 x 128 maps, top-100 corners per side, 1000 pairs, soft-NMS, 100 detections), batch 1 and 8.
 * adaption: forward + backward time of every feature-adaption module at COCO scale (256 channels,
   128 x 128, batch 6), its own loss included.
+* deform: forward + backward of the 3x3 deformable convolution (plain conv vs torchvision's
+  ``deform_conv2d`` vs the native implementation, cnet.adaption.deform) at a few shapes, the
+  candidates interleaved within each repeat (the machine may be shared); ratios to plain conv.
 
 Each figure is the median of ``--repeats`` timed runs after one warm-up (no warm-up for a single
 CPU adaption run, which takes minutes at COCO scale), measured in one process;
@@ -23,8 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from cnet.adaption.base import Adaption
+from cnet.adaption.deform import deform_conv3x3
 from cnet.compose import group_options, option_factory
 from cnet.heads import CornerFeatures
 from cnet.matching.base import Matching
@@ -110,6 +115,42 @@ def bench_adaption(batch: int, channels: int, size: int, repeats: int, device: t
     return rows
 
 
+DEFORM_SHAPES = ((16, 64, 32, 32), (2, 256, 64, 64), (6, 256, 128, 128))  # (B, C, H, W); C_out = C
+
+
+def bench_deform(shapes: list[tuple[int, int, int, int]], repeats: int, device: torch.device) -> list[dict]:
+    """Median forward + backward ms of conv / torchvision / native per shape, interleaved per repeat."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    for b, c, h, w in shapes:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(b, c, h, w, generator=g).to(device).requires_grad_()
+        # offsets ~ N(0, 2) cells: many taps sample near or beyond the border at the small shapes
+        offset = (torch.randn(b, 18, h, w, generator=g) * 2).to(device).requires_grad_()
+        weight = (torch.randn(c, c, 3, 3, generator=g) * 0.01).to(device).requires_grad_()
+        grad = torch.randn(b, c, h, w, generator=g).to(device)
+        candidates: dict[str, Callable[[], torch.Tensor]] = {
+            "conv": functools.partial(F.conv2d, x, weight, padding=1),
+            "torchvision": functools.partial(deform_conv3x3, x, offset, weight, impl="torchvision"),
+            "native": functools.partial(deform_conv3x3, x, offset, weight, impl="native"),
+        }
+        times: dict[str, list[float]] = {k: [] for k in candidates}
+        for i in range(repeats + 1):  # the first round warms up
+            for name, fn in candidates.items():
+                x.grad = offset.grad = weight.grad = None
+                sync()
+                t0 = time.perf_counter()
+                fn().backward(grad)
+                sync()
+                if i:
+                    times[name].append(time.perf_counter() - t0)
+        shape = f"{b}x{c}x{h}x{w}"
+        for name, ts in times.items():
+            rows.append({"impl": name, "shape": shape, "ms_fwd_bwd": 1000 * statistics.median(ts)})
+            print(f"deform  {name:<12} {shape:<16}: {rows[-1]['ms_fwd_bwd']:10.1f} ms fwd+bwd", flush=True)
+    return rows
+
+
 def with_ratios(rows: list[dict], key: str, value: str, reference: str, group_by: str | None = None) -> list[dict]:
     """Add ``ratio``: each value divided by the reference option's (same ``group_by`` value)."""
     ref = {r.get(group_by): r[value] for r in rows if r[key] == reference}
@@ -126,6 +167,13 @@ def to_markdown(result: dict) -> str:
         "One process, `python -m cnet.tools.bench`.",
         "",
     ]
+    if result.get("rerun"):
+        old = result["rerun"]["others_from"] or {}
+        lines += [
+            f"Only the {result['rerun']['section']} section was re-run here; the others are kept from an "
+            f"earlier run (torch {old.get('torch', '?')}, {old.get('threads', '?')} threads).",
+            "",
+        ]
     if result.get("decode"):
         lines += [
             f"## Decode time per image ({st['num_classes']} classes, {st['map_size']}x{st['map_size']} maps, "
@@ -150,6 +198,19 @@ def to_markdown(result: dict) -> str:
             f"| {r['adaption']} | {r['batch']} | {r['ms_fwd_bwd']:.1f} | {r.get('ratio', float('nan')):.1f}x |"
             for r in result["adaption"]
         ]
+    if result.get("deform"):
+        n_df = result.get("deform_repeats", result["repeats"])
+        lines += [
+            "",
+            f"## Deformable 3x3 conv forward + backward (C_out = C; median of {n_df}, candidates interleaved)",
+            "",
+            "| impl | B x C x H x W | ms fwd+bwd | vs conv |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['impl']} | {r['shape']} | {r['ms_fwd_bwd']:.1f} | {r.get('ratio', float('nan')):.2f}x |"
+            for r in result["deform"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -157,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", choices=["decode", "adaption"], default=None)
+    parser.add_argument("--only", choices=["decode", "adaption", "deform"], default=None)
     parser.add_argument("--size", type=int, default=128, help="output-map side (COCO 511 input: 128)")
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--adaption-batch", type=int, default=6)
@@ -167,6 +228,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="repeats for the adaption bench (default --repeats; deformable backward is slow on CPU)",
     )
+    parser.add_argument(
+        "--deform-shapes",
+        default=",".join("x".join(map(str, s)) for s in DEFORM_SHAPES),
+        help="comma-separated BxCxHxW shapes of the deform section",
+    )
+    parser.add_argument("--deform-repeats", type=int, default=None, help="repeats of the deform section")
     parser.add_argument("--out", type=Path, default=REPORTS / "bench")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -179,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "repeats": args.repeats,
         "adaption_repeats": args.adaption_repeats or args.repeats,
+        "deform_repeats": args.deform_repeats or args.repeats,
         "setting": {
             "map_size": args.size,
             "num_classes": 80,
@@ -190,6 +258,14 @@ def main(argv: list[str] | None = None) -> None:
     suffix = "" if device.type == "cpu" else f"_{device.type}"
     json_path = args.out.with_name(args.out.name + suffix + ".json")
     md_path = args.out.with_name(args.out.name + suffix + ".md")
+
+    if args.only and json_path.exists():  # one section re-run: keep the others of the report
+        previous = json.loads(json_path.read_text())
+        result |= {k: v for k, v in previous.items() if k in ("decode", "adaption", "deform") and k != args.only}
+        result |= {k: v for k, v in previous.items() if k.endswith("_repeats") and not k.startswith(args.only)}
+        if args.only != "decode" and "repeats" in previous:  # the decode header's repeats
+            result["repeats"] = previous["repeats"]
+        result["rerun"] = {"section": args.only, "others_from": previous.get("environment")}
 
     def write() -> None:  # after each section: a slow adaption section never loses the decode figures
         json_path.write_text(json.dumps(result, indent=2))
@@ -204,6 +280,11 @@ def main(argv: list[str] | None = None) -> None:
             args.adaption_batch, args.channels, args.size, args.adaption_repeats or args.repeats, device
         )
         result["adaption"] = with_ratios(rows, "adaption", "ms_fwd_bwd", "none")
+        write()
+    if args.only in (None, "deform"):
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.deform_shapes.split(",")]
+        rows = bench_deform(shapes, args.deform_repeats or args.repeats, device)  # type: ignore[arg-type]
+        result["deform"] = with_ratios(rows, "impl", "ms_fwd_bwd", "conv", "shape")
         write()
     print(f"wrote {json_path} and {md_path}")
 
