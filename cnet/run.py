@@ -85,7 +85,7 @@ def resolve_device(name: str) -> torch.device:
 class Run:
     """Datasets, loaders, detector, criterion, post-processor, optimizer and schedule of one job.
 
-    ``parts`` are the detector's part factories by name (``matching``, ``adaption``: see
+    ``parts`` are the detector's part factories by name (``matching``, ``adaption``, ``mask_head``: see
     :class:`cnet.detector.CornerDetector`). ``resume_run_id`` is the MLflow run of an interrupted
     earlier attempt in ``out_dir`` (None for a fresh run); ``fit(tracker)`` continues it to the
     end and evaluates; ``evaluate()`` scores a checkpoint without training.
@@ -134,6 +134,7 @@ class Run:
             for k, v in val_sets.items()
         }
         self.model = CornerDetector(backbone, train_set.num_classes, **cast(dict[str, Any], parts)).to(self.device)
+        train_set.with_masks = self.model.uses_masks  # decode the segmentations only for a mask head
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.criterion = Criterion(train_set.num_classes, self.model.parts)
         self.postprocess = PostProcess(
@@ -146,7 +147,9 @@ class Run:
             test.kernel,
         )
         oracle = CornerOracle(train_set.num_classes) if test.matching_only else None
-        self.predictor = Predictor(self.model, self.postprocess, test_views(test.flip), oracle)
+        self.predictor = Predictor(
+            self.model, self.postprocess, test_views(test.flip), oracle, mask_head=self.model.mask_head
+        )
         self.optimizer = optimizer(self.model.parameters())
         self.scheduler = warmup_multistep(
             self.optimizer,

@@ -220,6 +220,7 @@ class Trainer:
             log.info("resuming from %s after epoch %d", self.checkpoint_path, self.epoch)
         for epoch in range(self.epoch, self.epochs):
             self._set_epoch(epoch)
+            self.criterion.set_epoch(epoch)
             t0 = time.perf_counter()
             logs = self.train_one_epoch(epoch)
             logs["lr"] = self.optimizer.param_groups[0]["lr"]
