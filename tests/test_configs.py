@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from cnet.backbone import HourglassNet
 from cnet.compose import build_detector, compose_config, group_options, instantiate_node
 
-GROUPS = ["backbone", "matching", "adaption", "data", "optim", "schedule", "trainer", "test"]
+GROUPS = ["backbone", "matching", "adaption", "mask_head", "data", "optim", "schedule", "trainer", "test"]
 
 
 options = group_options

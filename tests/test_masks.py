@@ -29,7 +29,9 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_rle_encode_decode_round_trip():
-    masks = torch.stack([disk((40, 50), 20, 18, 9), triangle((40, 50), 5, 3, 30), torch.zeros(40, 50, dtype=torch.bool)])
+    masks = torch.stack(
+        [disk((40, 50), 20, 18, 9), triangle((40, 50), 5, 3, 30), torch.zeros(40, 50, dtype=torch.bool)]
+    )
     rles = encode_rle(masks)
     assert len(rles) == 3 and all(isinstance(r["counts"], str) and r["size"] == [40, 50] for r in rles)
     assert torch.equal(decode_rle(rles, (40, 50)), masks)
@@ -56,7 +58,11 @@ def test_polygon_and_rle_segmentations_decode_to_the_same_bitmap():
 @pytest.mark.parametrize("shape", ["disk", "triangle"])
 def test_mask_to_28x28_target_and_pasted_back_keeps_iou_above_0_9(size, shape):
     image = (200, 220)
-    mask = disk(image, 37.3 + size / 2, 21.6 + size / 2, size / 2) if shape == "disk" else triangle(image, 37.3, 21.6, size)
+    mask = (
+        disk(image, 37.3 + size / 2, 21.6 + size / 2, size / 2)
+        if shape == "disk"
+        else triangle(image, 37.3, 21.6, size)
+    )
     box = box_of(mask)
     target = crop_masks(mask[None], box[None], torch.tensor([0]), 28) >= 0.5  # the head's training target
     assert target.shape == (1, 28, 28)

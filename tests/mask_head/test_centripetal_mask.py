@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cnet.adaption.none import NoAdaption
+from cnet.backbone import HourglassNet
 from cnet.criterion import Criterion
 from cnet.detector import CornerDetector
 from cnet.mask_head.centripetal_mask import CentripetalMask
 from cnet.masks import crop_masks
 from cnet.matching.centripetal import Centripetal
-from cnet.adaption.none import NoAdaption
-from cnet.backbone import HourglassNet
 from cnet.targets import encode_corners
 from cnet.types import Grid, GroundTruth
 
@@ -51,7 +51,9 @@ def test_shapes_class_specific_and_agnostic():
 
 def test_proposal_takes_the_same_class_object_with_iou_at_least_0_5():
     h, gts = head(), ground_truth()
-    rois = torch.tensor([[0, 4.0, 8.0, 28.0, 30.0], [0, 4.0, 8.0, 28.0, 30.0], [0, 32.0, 22.0, 60.0, 50.0], [0, 0, 0, 8, 8]])
+    rois = torch.tensor(
+        [[0, 4.0, 8.0, 28.0, 30.0], [0, 4.0, 8.0, 28.0, 30.0], [0, 32.0, 22.0, 60.0, 50.0], [0, 0, 0, 8, 8]]
+    )
     targets, matched = h.assign(rois, torch.tensor([0, 1, 2, 0]), gts)
     assert matched.tolist() == [True, False, True, False]  # wrong class / no overlap are left out
     assert targets[0].all()  # the rectangle fills its own box
@@ -84,14 +86,14 @@ def test_missing_ground_truth_masks_is_a_one_line_error():
     h = head()
     gts = [GroundTruth(ground_truth()[0].boxes, torch.tensor([0, 2]))]
     pred = maps_for(h, [[4.0, 8.0, 28.0, 30.0]], [0])
-    with pytest.raises(ValueError, match="GroundTruth.masks"):
+    with pytest.raises(ValueError, match=r"GroundTruth\.masks"):
         h.loss(pred, {}, corners_of(gts))
 
 
 def test_bad_sizes_name_the_key():
-    with pytest.raises(ValueError, match="mask_head.mask_size"):
+    with pytest.raises(ValueError, match=r"mask_head\.mask_size"):
         CentripetalMask(C, K, roi_size=14, mask_size=20)
-    with pytest.raises(ValueError, match="mask_head.num_proposals"):
+    with pytest.raises(ValueError, match=r"mask_head\.num_proposals"):
         CentripetalMask(C, K, num_proposals=0)
 
 
