@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from cnet.data import CocoData, CocoDetection, SyntheticData, TestTransform, TrainTransform
 from cnet.evaluation.coco_eval import detections_to_coco, evaluate_coco
@@ -63,9 +64,11 @@ def test_train_masks_follow_crop_resize_and_flip_like_the_boxes(synthetic, epoch
     for i in range(len(ds)):
         _, gt, _ = ds[i]
         for box, mask in zip(gt.boxes, gt.masks):
-            if mask.sum() < 30 or box[2] - box[0] < 6 or box[3] - box[1] < 6:
-                continue  # clipped slivers: the box is the clipped tight box, resampling blurs it
-            assert (mask_box(mask) - box).abs().max() <= 2.5  # ~1 source px at scale <= 127/0.6/120
+            if mask.sum() < 30 or box.min() <= 0 or box.max() >= 127:
+                continue  # clipped by the crop: the box is clipped as a rectangle, the mask as a shape
+            # a thin apex can vanish in the resize (>= 0.5): a few px at scale <= 127 / (0.6 * 127)
+            assert (mask_box(mask) - box).abs().max() <= 4.0
+            assert box_iou(mask_box(mask)[None], box[None]).item() >= 0.75  # a flip or shift error would be ~0
             checked += 1
     assert checked >= 10
 
