@@ -30,7 +30,7 @@ from cnet.trainer import TrainerConfig
 Config = DictConfig  # the composed configuration, for type hints outside this module
 
 # the detector's pluggable parts: one Hydra group, one cnet/<group> package each
-PART_GROUPS = ("matching", "adaption")
+PART_GROUPS = ("matching", "adaption", "mask_head")
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

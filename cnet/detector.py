@@ -1,7 +1,8 @@
 """The corner-keypoint detector: backbone -> per-level corner head -> dense maps (no losses).
 
 ``model(images) -> Outputs``; the criterion and the post-processor consume the maps. What pairs
-corners (``matching``) and how corner features are adapted (``adaption``) are pluggable.
+corners (``matching``), how corner features are adapted (``adaption``) and the second-stage
+instance-mask head on the last stack (``mask_head``) are pluggable.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
+import torch
 from torch import Tensor, nn
 
 from cnet.adaption.base import Adaption
 from cnet.corner_pool import CornerPool
+from cnet.decode import Candidates, decode_candidates
 from cnet.heads import CornerFeatures, Part, init_heatmap_bias, kp_layer
+from cnet.mask_head.base import MaskHead
+from cnet.mask_head.none import NoMask
 from cnet.matching.base import Matching
 from cnet.types import Outputs
 
@@ -65,6 +70,8 @@ class CornerDetector(nn.Module):
         matching: factory ``(in_channels, num_classes) -> Matching`` (a Hydra partial).
         adaption: factory ``(in_channels) -> Adaption`` (a Hydra partial).
         pool_channels: width of the corner-pool branches (128 in CornerNet).
+        mask_head: factory ``(in_channels, num_classes) -> MaskHead`` on the last stack's feature
+            (a Hydra partial; None: no mask head).
     """
 
     def __init__(
@@ -74,6 +81,7 @@ class CornerDetector(nn.Module):
         matching: Callable[..., Matching],
         adaption: Callable[..., Adaption],
         pool_channels: int = 128,
+        mask_head: Callable[..., MaskHead] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -90,6 +98,8 @@ class CornerDetector(nn.Module):
                 )
             heads.append(CornerHead(channels, num_classes, pool_channels, m, a))
         self.heads = nn.ModuleList(heads)
+        # built after the heads: the corner heads' initialisation (and RNG use) is the same without it
+        self.mask_head = mask_head(in_channels=channels, num_classes=num_classes) if mask_head else NoMask(0, 0)
 
     @property
     def matching(self) -> Matching:
@@ -103,13 +113,30 @@ class CornerDetector(nn.Module):
     @property
     def parts(self) -> dict[str, Part]:
         """The pluggable parts of the final level, in the order the criterion calls them."""
-        return {"adaption": self.adaption, "matching": self.matching}
+        return {"adaption": self.adaption, "matching": self.matching, "mask_head": self.mask_head}
+
+    @property
+    def uses_masks(self) -> bool:
+        """Whether training needs ground-truth instance masks (a mask head is in use)."""
+        return self.mask_head.uses_masks
 
     def forward(self, images: Tensor) -> Outputs:
-        """images [B, 3, H, W] -> Outputs; eval mode computes only the last stack's head."""
+        """images [B, 3, H, W] -> Outputs; eval mode computes only the last stack's head.
+
+        In training the mask head adds its maps to the last level, from proposals it asks for.
+        """
         feats = self.backbone(images)
         if self.training:
             levels = [head(f) for head, f in zip(self.heads, feats)]
         else:
             levels = [self.heads[-1](feats[-1])]
-        return Outputs(levels, (int(images.shape[-2]), int(images.shape[-1])), features=feats[-1])
+        out = Outputs(levels, (int(images.shape[-2]), int(images.shape[-1])), features=feats[-1])
+        if self.training:
+            last, grid = levels[-1], out.grid
+
+            def propose(corner_topk: int, num_dets: int) -> list[Candidates]:
+                with torch.no_grad():  # proposals carry no gradient
+                    return decode_candidates(last, grid, self.matching, corner_topk, num_dets)
+
+            last |= self.mask_head(feats[-1], propose, out.input_size)
+        return out

@@ -8,46 +8,14 @@ between ``candidates`` and ``finalize``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
-from torch import Tensor
 
+from cnet.decode import Candidates, decode_candidates, pair_candidates
 from cnet.matching.base import Matching
 from cnet.nms import soft_nms
-from cnet.ops import local_maxima, topk_cells
-from cnet.types import Corners, Detections, Grid, ImageMeta, Outputs, unpad_boxes
+from cnet.types import Detections, ImageMeta, Outputs, unpad_boxes
 
-
-class Candidates(NamedTuple):
-    """Scored pairs of one image before NMS: boxes [D, 4] xyxy, scores [D], labels [D]."""
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-
-
-def pair_candidates(scores: Tensor, tl: Corners, br: Corners, grid: Grid, num_dets: int) -> list[Candidates]:
-    """Best ``num_dets`` valid pairs per image, boxes in input pixels."""
-    b, k, _ = scores.shape
-    flat = scores.reshape(b, -1)
-    top_scores, top_idx = flat.topk(min(num_dets, flat.shape[1]))  # [B, D]
-    ti, bi = top_idx // k, top_idx % k
-    out = []
-    for i in range(b):
-        keep = top_scores[i] >= 0  # rejected pairs carry -1
-        t, r = ti[i][keep], bi[i][keep]
-        boxes = torch.stack(
-            [
-                tl.xs[i, t] * grid.ratio_x,
-                tl.ys[i, t] * grid.ratio_y,
-                br.xs[i, r] * grid.ratio_x,
-                br.ys[i, r] * grid.ratio_y,
-            ],
-            dim=-1,
-        )
-        out.append(Candidates(boxes, top_scores[i][keep], tl.classes[i, t]))
-    return out
+__all__ = ["Candidates", "PostProcess", "pair_candidates"]
 
 
 class PostProcess:
@@ -78,15 +46,9 @@ class PostProcess:
 
     def candidates(self, outputs: Outputs) -> list[Candidates]:
         """Raw scored pairs per batch entry, boxes in input pixels (before NMS)."""
-        level, grid = outputs.levels[-1], outputs.grid
-        tl = Corners(
-            *topk_cells(local_maxima(level["tl_heat"].sigmoid(), self.kernel), level["tl_off"], self.corner_topk)
+        return decode_candidates(
+            outputs.levels[-1], outputs.grid, self.matching, self.corner_topk, self.num_dets, self.kernel
         )
-        br = Corners(
-            *topk_cells(local_maxima(level["br_heat"].sigmoid(), self.kernel), level["br_off"], self.corner_topk)
-        )
-        scores, _ = self.matching.pair(level, tl, br, grid)
-        return pair_candidates(scores, tl, br, grid, self.num_dets)
 
     @torch.no_grad()
     def finalize(self, candidates: list[Candidates], metas: list[ImageMeta]) -> list[Detections]:

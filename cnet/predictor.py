@@ -5,7 +5,10 @@ with ``apply`` and maps its boxes back with ``invert``. Views whose inputs have 
 through the model as one batch (flip-only testing: one forward pass); views of different sizes are
 separate passes. Their candidates are merged per image before soft-NMS (CornerNet/CentripetalNet
 flip and multi-scale testing).
-With an ``oracle`` the same forward pass also gives the matching-only detections.
+With an ``oracle`` the same forward pass also gives the matching-only detections. With a mask head,
+every final detection gets a mask: its probabilities in each view (mapped back with
+``invert_masks``) are averaged, pasted into original-image pixels, thresholded at 0.5 and
+RLE-encoded (``Detections.segmentations``); ``evaluate`` then adds the COCO ``segm`` figures.
 """
 
 from __future__ import annotations
@@ -24,12 +27,25 @@ from tqdm import tqdm
 from cnet import distributed
 from cnet.evaluation.coco_eval import detections_to_coco, evaluate_coco, format_table, write_results
 from cnet.evaluation.mispair import classify_results, mispair_figures
+from cnet.masks import encode_rle, paste_masks
 from cnet.ops import mirror_boxes
 from cnet.postprocess import Candidates, PostProcess
-from cnet.types import Detections, GroundTruth, ImageMeta, Outputs
+from cnet.types import Detections, GroundTruth, ImageMeta, Outputs, pad_boxes
 
 Oracle = Callable[[Outputs, list[GroundTruth]], Outputs]
 ORACLE_PREFIX = "oracle_"  # metric/results prefix of the matching-only variant
+PASTE_CHUNK = 20  # detections pasted at once: bounds the [D, H, W] float buffer
+
+
+class MaskPredictor(Protocol):
+    """What the predictor needs from a mask head (cnet.mask_head.MaskHead)."""
+
+    def predict_masks(
+        self, features: Tensor, rois: Tensor, labels: Tensor, input_size: tuple[int, int]
+    ) -> Tensor | None:
+        """features [N, C, h, w], rois [R, 5] (batch index, xyxy input px), labels [R] ->
+        probabilities [R, M, M], or None when the head predicts no masks."""
+        ...
 
 
 class View(Protocol):
@@ -51,6 +67,10 @@ class View(Protocol):
         """xyxy [N, 4] predicted in the view -> the plain input's pixels."""
         ...
 
+    def invert_masks(self, maps: Tensor) -> Tensor:
+        """[R, M, M] maps of boxes ``apply_boxes`` put in the view -> the same boxes' maps in the plain input."""
+        ...
+
 
 class Identity:
     """The input as it is."""
@@ -67,6 +87,9 @@ class Identity:
     def invert(self, boxes: Tensor, input_size: tuple[int, int]) -> Tensor:
         return boxes
 
+    def invert_masks(self, maps: Tensor) -> Tensor:
+        return maps
+
 
 class HFlip:
     """The horizontally mirrored input; mirroring is its own inverse."""
@@ -82,6 +105,9 @@ class HFlip:
 
     def invert(self, boxes: Tensor, input_size: tuple[int, int]) -> Tensor:
         return mirror_boxes(boxes, input_size[1])
+
+    def invert_masks(self, maps: Tensor) -> Tensor:
+        return maps.flip(-1)  # a mirrored box's map runs right to left
 
 
 class Scale:
@@ -137,6 +163,10 @@ class Scale:
         boxes = (boxes - offset) / ratio
         return mirror_boxes(boxes, input_size[1]) if self.flip else boxes
 
+    def invert_masks(self, maps: Tensor) -> Tensor:
+        # a box's map is box-relative: scaling leaves it as it is, mirroring reverses it
+        return maps.flip(-1) if self.flip else maps
+
 
 # CornerNet's multi-scale test set (conf/test/multiscale.yaml)
 CORNERNET_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
@@ -172,14 +202,22 @@ class Predictor:
         views: test-time views, merged in this order before NMS.
         oracle: when given, ``targets`` passed to the call also yield the matching-only
             detections (variant ``"oracle_"``) from the same forward pass.
+        mask_head: when given (and it predicts masks), the plain variant's detections carry
+            ``segmentations`` computed on ``outputs.features``.
     """
 
     def __init__(
-        self, model: nn.Module, postprocess: PostProcess, views: Sequence[View], oracle: Oracle | None = None
+        self,
+        model: nn.Module,
+        postprocess: PostProcess,
+        views: Sequence[View],
+        oracle: Oracle | None = None,
+        mask_head: MaskPredictor | None = None,
     ) -> None:
         if not views:
             raise ValueError("Predictor needs at least one test-time view")
         self.model, self.postprocess, self.views, self.oracle = model, postprocess, list(views), oracle
+        self.mask_head = mask_head
 
     def variants(self) -> list[str]:
         """Detection variants a call returns: ``""`` and, with an oracle, ``"oracle_"``."""
@@ -199,8 +237,10 @@ class Predictor:
         size = (int(images.shape[-2]), int(images.shape[-1]))  # the plain input batch [B, 3, H, W]
         with_oracle = self.oracle is not None and targets is not None
         cands: dict[str, list[list[Candidates]]] = {"": [], ORACLE_PREFIX: []}  # per view: per image
+        passes: list[tuple[list[View], Outputs]] = []  # kept for the mask head
         for views in self.groups(size):
             outputs = self.model(torch.cat([view.apply(images) for view in views]))  # [V*B, ...]
+            passes.append((views, outputs))
             cands[""] += self._per_view(outputs, views, size, len(metas))
             if with_oracle:
                 assert self.oracle is not None and targets is not None
@@ -209,6 +249,11 @@ class Predictor:
                 ]
                 cands[ORACLE_PREFIX] += self._per_view(self.oracle(outputs, view_targets), views, size, len(metas))
         result = {"": self._merge(cands[""], metas)}
+        if self.mask_head is not None and all(out.features is not None for _, out in passes):
+            for i, (det, meta) in enumerate(zip(result[""], metas)):
+                probs = self.mask_probs(passes, size, i, len(metas), det, meta)
+                if probs is not None:
+                    det.segmentations = self.encode_masks(probs, det.boxes, meta.orig_size)
         if with_oracle:
             result[ORACLE_PREFIX] = self._merge(cands[ORACLE_PREFIX], metas)
         return result
@@ -220,6 +265,40 @@ class Predictor:
             [Candidates(view.invert(c.boxes, size), c.scores, c.labels) for c in cands[v * b : (v + 1) * b]]
             for v, view in enumerate(views)
         ]
+
+    def mask_probs(
+        self,
+        passes: list[tuple[list[View], Outputs]],
+        size: tuple[int, int],
+        i: int,
+        b: int,
+        det: Detections,
+        meta: ImageMeta,
+    ) -> Tensor | None:
+        """[D, M, M] mask probabilities of image ``i``'s detections (boxes in original pixels),
+        averaged over the views (a view's map mapped back first); None without masks."""
+        assert self.mask_head is not None
+        boxes = pad_boxes(det.boxes, meta)  # original -> plain input pixels
+        total: Tensor | None = None
+        for views, outputs in passes:
+            assert outputs.features is not None
+            for v, view in enumerate(views):  # view-major batch: entry v * B + i
+                batch_index = boxes.new_full((len(boxes), 1), float(v * b + i))
+                rois = torch.cat([batch_index, view.apply_boxes(boxes, size)], 1)
+                probs = self.mask_head.predict_masks(outputs.features, rois, det.labels, outputs.input_size)
+                if probs is None:
+                    return None
+                probs = view.invert_masks(probs)
+                total = probs if total is None else total + probs
+        return None if total is None else total / len(self.views)
+
+    @staticmethod
+    def encode_masks(probs: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> list[dict[str, Any]]:
+        """[D, M, M] probabilities over ``boxes`` [D, 4] (original px) -> D COCO RLEs of the masks ``probs >= 0.5``."""
+        rles: list[dict[str, Any]] = []
+        for s in range(0, len(probs), PASTE_CHUNK):
+            rles += encode_rle(paste_masks(probs[s : s + PASTE_CHUNK], boxes[s : s + PASTE_CHUNK], image_size) >= 0.5)
+        return rles
 
     def _merge(self, per_view: list[list[Candidates]], metas: list[ImageMeta]) -> list[Detections]:
         """All views' candidates of each image, concatenated in view order, then soft-NMS and top-k."""
@@ -245,7 +324,10 @@ class Predictor:
             out = self(images.to(device), metas, targets)
             ids += [m.image_id for m in metas]
             for variant, per_image in out.items():
-                dets[variant] += [Detections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu()) for d in per_image]
+                dets[variant] += [
+                    Detections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu(), segmentations=d.segmentations)
+                    for d in per_image
+                ]
         return ids, dets
 
 
@@ -272,9 +354,11 @@ def evaluate(
     (cnet.evaluation.mispair), with per-detection categories in ``mispairs_<variant><loader>.json``.
 
     Loaders' datasets expose ``coco`` and ``label_to_cat_id``; each variant's detections are
-    written to ``out_dir/results_<variant><loader>.json``. Tables are printed in the order
-    variant-major (plain first, then matching-only). In a data-parallel group each rank predicts
-    its shard; rank 0 gathers them in dataset order, scores them and shares the figures.
+    written to ``out_dir/results_<variant><loader>.json`` (with ``segmentation`` when they carry
+    masks, which also gives the mask figures ``<variant><loader with bbox -> segm>_<figure>``,
+    e.g. ``segm_AP`` beside ``bbox_AP``). Tables are printed in the order variant-major (plain
+    first, then matching-only). In a data-parallel group each rank predicts its shard; rank 0
+    gathers them in dataset order, scores them and shares the figures.
     """
     env = distributed.current()
     figures: dict[str, dict[str, float]] = {}
@@ -298,6 +382,8 @@ def evaluate(
             if out_dir is not None:
                 write_results(out_dir / f"mispairs_{tag}.json", records)
             figures[tag] |= mispair_figures(dataset.coco, results, records, ap_before=figures[tag]["AP"])
+            if any(d.segmentations is not None for d in per_image):
+                figures[segm_tag(tag)] = evaluate_coco(dataset.coco, results, iou_type="segm")
     metrics: dict[str, float] = {}
     if env.is_main:
         for variant in predictor.variants():
@@ -308,4 +394,12 @@ def evaluate(
                     f"{k}={figures[tag][k]:.3f}" for k in ("mispair_rate", "mispair_fp_rate", "dAP_mispair")
                 )
                 print(f"[{tag}] {header}\n{format_table(figures[tag])}\n{mis}", flush=True)
+                if segm_tag(tag) in figures:
+                    metrics |= {f"{segm_tag(tag)}_{k}": v for k, v in figures[segm_tag(tag)].items()}
+                    print(f"[{segm_tag(tag)}] {header}\n{format_table(figures[segm_tag(tag)])}", flush=True)
     return distributed.broadcast_object(metrics)
+
+
+def segm_tag(tag: str) -> str:
+    """The mask figures' name of a box evaluation: ``bbox`` -> ``segm``, ``crowd_bbox`` -> ``crowd_segm``."""
+    return tag[: -len("bbox")] + "segm" if tag.endswith("bbox") else f"{tag}_segm"

@@ -96,7 +96,8 @@ def build_predictor(model: CornerDetector, num_classes: int, test: TestConfig, p
         test.nms_sigma, test.nms_min_score, test.kernel,
     )  # fmt: skip
     oracle = CornerOracle(num_classes) if test.matching_only else None
-    return Predictor(model, postprocess, test_views(test.flip, test.scales, pad_or), oracle)
+    views = test_views(test.flip, test.scales, pad_or)
+    return Predictor(model, postprocess, views, oracle, mask_head=model.mask_head)
 
 
 def eval_loader(dataset: CocoDetection, num_workers: int = 0) -> DataLoader:
@@ -148,7 +149,7 @@ class Evaluation:
 class Run:
     """Datasets, loaders, detector, criterion, post-processor, optimizer and schedule of one job.
 
-    ``parts`` are the detector's part factories by name (``matching``, ``adaption``: see
+    ``parts`` are the detector's part factories by name (``matching``, ``adaption``, ``mask_head``: see
     :class:`cnet.detector.CornerDetector`). ``resume_run_id`` is the MLflow run of an interrupted
     earlier attempt in ``out_dir`` (None for a fresh run); ``fit(tracker)`` continues it to the
     end and evaluates; ``evaluate()`` scores a checkpoint without training.
@@ -195,6 +196,7 @@ class Run:
         )  # fmt: skip
         self.val_loaders = {k: eval_loader(v, trainer.num_workers) for k, v in val_sets.items()}
         self.model = CornerDetector(backbone, train_set.num_classes, **cast(dict[str, Any], parts)).to(self.device)
+        train_set.with_masks = self.model.uses_masks  # decode the segmentations only for a mask head
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.criterion = Criterion(train_set.num_classes, self.model.parts)
         self.predictor = build_predictor(

@@ -8,7 +8,7 @@ pixels and are mapped to output-map ("feature") units with the grid's ratio (511
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -96,6 +96,8 @@ class CornerTargets:
     tl_off, br_off:   [B, 2, H, W] sub-cell offsets (x, y), written at corner cells only
     tl_mask, br_mask: [B, 1, H, W] 1.0 at cells holding a corner of any class
     points:           per-image CornerPoints, for strategies that need per-object targets
+    ground_truth:     the per-image GroundTruth these were encoded from (instance-level parts:
+                      a mask head reads the boxes, labels and masks)
     """
 
     tl_heat: Tensor
@@ -105,6 +107,7 @@ class CornerTargets:
     tl_mask: Tensor
     br_mask: Tensor
     points: list[CornerPoints]
+    ground_truth: list[GroundTruth] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -134,7 +137,7 @@ def encode_corners(gts: list[GroundTruth], grid: Grid, num_classes: int, min_ove
         br_off[i, :, p.br_int[:, 1], p.br_int[:, 0]] = (p.br - p.br_int).T
     tl_mask = (tl_heat == 1).any(dim=1, keepdim=True).float()
     br_mask = (br_heat == 1).any(dim=1, keepdim=True).float()
-    return CornerTargets(tl_heat, br_heat, tl_off, br_off, tl_mask, br_mask, points)
+    return CornerTargets(tl_heat, br_heat, tl_off, br_off, tl_mask, br_mask, points, list(gts))
 
 
 def scatter_at_corners(values: list[Tensor], cells: list[Tensor], shape: tuple[int, int, int, int]) -> Tensor:

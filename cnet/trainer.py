@@ -341,6 +341,7 @@ class Trainer:
             self.batch_sampler.set_epoch(epoch, self.seed, start=self.batch_in_epoch)
             if hasattr(self.train_loader.dataset, "set_epoch"):
                 self.train_loader.dataset.set_epoch(epoch)
+            self.criterion.set_epoch(epoch)  # parts that start later (the mask head) know the epoch
             t0 = time.perf_counter()
             logs = self.train_one_epoch(epoch)
             logs["lr"] = self.optimizer.param_groups[0]["lr"]

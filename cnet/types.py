@@ -7,6 +7,7 @@ padding) unless a field says otherwise. Boxes are ``xyxy`` floats.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -102,12 +103,14 @@ class Detections:
     """Final detections of one image, in original-image pixels.
 
     boxes:  [D, 4] xyxy; scores: [D]; labels: [D] contiguous class index
+    segmentations: D COCO compressed RLEs (original-image pixels) when a mask head is in use
     """
 
     boxes: Tensor
     scores: Tensor
     labels: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
+    segmentations: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -141,6 +144,12 @@ def unpad_points(xy: Tensor, meta: ImageMeta) -> Tensor:
     """Network-input (x, y) [..., 2] -> original-image pixels: ``(x - left) / scale`` (no clipping)."""
     top, left = meta.border
     return (xy - xy.new_tensor([left, top])) / meta.scale
+
+
+def pad_boxes(boxes: Tensor, meta: ImageMeta) -> Tensor:
+    """Original-image xyxy boxes [N, 4] -> network-input pixels: ``x * scale + left`` (inverse of unpad)."""
+    top, left = meta.border
+    return boxes * meta.scale + boxes.new_tensor([left, top, left, top])
 
 
 def unpad_boxes(boxes: Tensor, meta: ImageMeta) -> Tensor:

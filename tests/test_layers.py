@@ -1,6 +1,6 @@
 """The package reads bottom-up: no import cycles, no import from a higher layer, Hydra in one module.
 
-helpers <- backbone/matching/adaption <- detector <- criterion/postprocess <- trainer/predictor <- run
+helpers <- backbone/matching/adaption/mask_head <- decode/detector <- criterion/postprocess <- trainer/predictor <- run
 <- compose <- tools <- train.py. Imports are read from the source (``ast``), so the test sees
 imports inside functions too.
 """
@@ -30,9 +30,12 @@ LAYERS: list[tuple[str, int]] = [
     ("cnet.corner_pool", 1),
     ("cnet.center_pool", 1),
     ("cnet.heads", 1),
+    ("cnet.masks", 1),
     ("cnet.backbone", 2),
     ("cnet.matching", 2),
     ("cnet.adaption", 2),
+    ("cnet.mask_head", 2),
+    ("cnet.decode", 3),
     ("cnet.detector", 3),
     ("cnet.criterion", 4),
     ("cnet.postprocess", 4),

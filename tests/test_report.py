@@ -21,9 +21,10 @@ from cnet.tools.report_tables import METRICS, RowSpec, available_tables, build_t
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 PAPER_TEXT = sorted((ROOT.parent / "shared" / "seeds").glob("000_*.txt"))
-TABLES = ["table4", "table5", "table6"]
+TABLES = ["table3", "table4", "table5", "table6"]
 # The brief's transcription (independent of the YAML files): row -> AP AP50 AP75 APS APM APL.
 PAPER = {
+    "table3": [[38.8, 60.4, 41.7, 19.8, 41.3, 51.3]],
     "table4": [
         [37.3, 53.1, 39.0, 17.8, 39.4, 50.8],
         [37.5, 53.1, 39.7, 17.7, 39.4, 51.2],
@@ -165,19 +166,20 @@ def test_rendered_table_keeps_states_paper_numbers_and_provenance():
         [
             run_record("cn1", 1, matching="ae1d", ap=0.3),
             run_record("cs2", 2, adaption="cross_star", epochs=210, status="FAILED"),
+            run_record("cm3", 3, matching="ae1d", mask_head="centripetal_mask", ap=0.31) | {"metrics.segm_AP": 0.25},
         ]
     )
     table = build_table(spec, runs, trained_all())
     frame = table_frame(table)
-    assert list(frame.state) == ["ok", "not run", "not run", "not run", "failed", "not run"]
+    assert list(frame.state) == ["ok", "ok", "not run", "not run", "failed", "not run"]
     assert list(frame.epoch) == [110, 110, 110, 110, 210, 210]
     assert frame.AP_ours[0] == pytest.approx(30.0) and frame.AP_diff[0] == pytest.approx(30.0 - 37.3)
     assert frame.run_ids[0] == "cn1" and frame.dataset[0] == "coco" and frame.schedule[0] == "ablation:110"
     md = to_markdown(table)
     assert "| CornerNet | 110 | 30.0 | 37.3 | -7.3 |" in md and "run cn1 (seed 0, FINISHED" in md
-    assert "needs a mask head" in md
+    assert "| CornerNet w/mask | 110 | 31.0 | 37.3 | -6.3 |" in md and "25.0" in md  # box AP, then segm_AP
     tex = to_latex(table)
-    assert r"mask\_head=centripetal\_mask" in tex and "CornerNet & 110 & 30.0 & 37.3 & -7.3" in tex
+    assert "CornerNet w/mask & 110 & 31.0 & 37.3 & -6.3" in tex and "CornerNet & 110 & 30.0 & 37.3 & -7.3" in tex
 
 
 # ---------------------------------------------------------------- specs and sweeps
@@ -193,6 +195,7 @@ def test_paper_values_in_yaml_are_the_papers(table):
         text = " ".join(PAPER_TEXT[0].read_text().split())
         for row, paper in zip(spec.rows, PAPER[table]):
             epoch = f" {row.epochs}" if row.epochs else ""
+            epoch = " Hourglass-104" if table == "table3" else epoch  # Table 3 names the backbone
             assert f"{row.name}{epoch} " + " ".join(f"{v:.1f}" for v in paper) in text
 
 
@@ -213,17 +216,23 @@ def test_experiment_sets_the_papers_setting_and_sweeps_the_tables_rows(table):
         "gpu",
     )
     assert cfg.schedule.epochs == spec.setting["epochs"] and cfg.tracking.experiment == spec.experiment
-    swept = {k: v.split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    swept = {k: v.split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
     for group, options in swept.items():
         assert all((CONF / group / f"{o}.yaml").is_file() for o in options), (group, options)
-    runnable = [r for r in spec.rows if r.config.get("mask_head", "none") == "none"]
-    for group in ("matching", "adaption"):
+    if table == "table6":  # one named configuration per row: conf/experiment/table6_*.yaml
+        assert swept == {}
+        rows = sorted(p.stem for p in (CONF / "experiment").glob("table6_*.yaml"))
+        made = []
+        for name in rows:
+            row_cfg = compose_hydra([f"+experiment={name}"])
+            tags = {g: row_cfg.hydra.runtime.choices[g] for g in ("matching", "adaption", "mask_head")}
+            made.append((tags, row_cfg.schedule.epochs))
+            assert row_cfg.tracking.experiment == spec.experiment
+        assert sorted(map(str, made)) == sorted(str((r.config, r.epochs)) for r in spec.rows)
+        return
+    for group in ("matching", "adaption", "mask_head"):
         values = swept.get(group, [choices[group]])
-        if table != "table6":  # table6 pairs rows; its CornerNet row is a documented extra job
-            assert sorted(values) == sorted({r.config[group] for r in runnable}), group
-    if table == "table6":
-        assert swept == {"schedule": ["ablation", "paper"]}
-        assert {compose_hydra([f"schedule={s}"]).schedule.epochs for s in swept["schedule"]} == {110, 210}
+        assert sorted(values) == sorted({r.config[group] for r in spec.rows}), group
 
 
 @pytest.mark.parametrize("table", TABLES)

@@ -3,6 +3,8 @@
 Annotations are read with pycocotools. Crowd annotations (``iscrowd=1``) never become targets (the
 COCOeval scorer reads them from ``dataset.coco``); boxes with ``w < 1`` or ``h < 1`` are dropped.
 Category ids (COCO: 1..90 with gaps) map to contiguous labels ``0..num_classes-1`` in sorted-id order.
+With ``with_masks`` the kept annotations' segmentations (polygons or RLE) are decoded to bitmaps and
+carried through the transform like the boxes (only a mask head needs them).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from pycocotools.coco import COCO
 from torch import Tensor
 
 from cnet.data.synthetic import generate_synthetic
+from cnet.masks import decode_segmentation
 from cnet.types import GroundTruth, ImageMeta
 
-# transform(image [H, W, 3] uint8 RGB, boxes [N, 4] float32 xyxy, labels [N] int64, rng)
-Transform = Callable[[np.ndarray, np.ndarray, np.ndarray, np.random.Generator], tuple[Tensor, GroundTruth, ImageMeta]]
+# transform(image [H, W, 3] uint8 RGB, boxes [N, 4] float32 xyxy, labels [N] int64, rng[, masks=[N, H, W] bool])
+Transform = Callable[..., tuple[Tensor, GroundTruth, ImageMeta]]
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -38,7 +41,9 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Attributes: ``coco`` (pycocotools COCO), ``ann_file``, ``img_dir``, ``cat_ids`` (sorted),
     ``label_to_cat_id`` (list: label -> COCO id), ``cat_id_to_label`` (dict), ``num_classes``,
-    ``ids`` (image ids in dataset order), ``num_crowd`` / ``num_degenerate`` (dropped annotations).
+    ``ids`` (image ids in dataset order), ``num_crowd`` / ``num_degenerate`` (dropped annotations),
+    ``with_masks`` (settable: decode the kept annotations' masks and pass them to the transform as
+    ``masks=[N, H, W] bool``; the GroundTruth then carries them).
     """
 
     def __init__(
@@ -48,7 +53,9 @@ class CocoDetection(torch.utils.data.Dataset):
         transform: Transform,
         filter_empty: bool = False,
         seed: int = 0,
+        with_masks: bool = False,
     ) -> None:
+        self.with_masks = bool(with_masks)
         self.img_dir = Path(img_dir).expanduser()
         self.ann_file = Path(ann_file).expanduser()
         if not self.ann_file.is_file():
@@ -76,6 +83,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.num_crowd = 0
         self.num_degenerate = 0
         self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._segms: dict[int, list[dict]] = {}  # the kept annotations, aligned with the boxes
         for img_id in sorted(self.coco.getImgIds()):
             self._targets[img_id] = self._load_targets(img_id)
         self.ids: list[int] = [i for i, (b, _) in self._targets.items() if len(b) or not filter_empty]
@@ -83,6 +91,7 @@ class CocoDetection(torch.utils.data.Dataset):
     def _load_targets(self, img_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(boxes [N, 4] float32 xyxy, labels [N] int64) of the non-crowd, non-degenerate annotations."""
         boxes, labels = [], []
+        kept = self._segms.setdefault(img_id, [])
         for ann in self.coco.imgToAnns.get(img_id, []):
             if ann.get("iscrowd", 0):
                 self.num_crowd += 1
@@ -97,6 +106,7 @@ class CocoDetection(torch.utils.data.Dataset):
                     f"{ann['category_id']} missing from 'categories'; fix the annotation file"
                 )
             boxes.append([x, y, x + w, y + h])
+            kept.append(ann)
             labels.append(self.cat_id_to_label[ann["category_id"]])
         return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
 
@@ -123,8 +133,25 @@ class CocoDetection(torch.utils.data.Dataset):
         img_id = self.ids[index]
         boxes, labels = self._targets[img_id]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, target, meta = self.transform(self.load_image(index), boxes.copy(), labels.copy(), rng)
-        return image, target, dataclasses.replace(meta, image_id=img_id)
+        image = self.load_image(index)
+        if self.with_masks:
+            masks = self.load_masks(img_id, image.shape[:2])
+            image_t, target, meta = self.transform(image, boxes.copy(), labels.copy(), rng, masks=masks)
+        else:
+            image_t, target, meta = self.transform(image, boxes.copy(), labels.copy(), rng)
+        return image_t, target, dataclasses.replace(meta, image_id=img_id)
+
+    def load_masks(self, img_id: int, size: tuple[int, int]) -> np.ndarray:
+        """bool [N, H, W]: the decoded segmentation of each kept annotation of ``img_id``."""
+        h, w = size
+        masks = []
+        for ann in self._segms[img_id]:
+            if "segmentation" not in ann:
+                raise ValueError(
+                    f"{self.ann_file}: annotation {ann.get('id')} has no 'segmentation'; a mask head needs one"
+                )
+            masks.append(decode_segmentation(ann["segmentation"], h, w))
+        return np.stack(masks) if masks else np.zeros((0, h, w), dtype=bool)
 
 
 class CocoData:

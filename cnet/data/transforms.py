@@ -109,6 +109,8 @@ class TrainTransform:
     canvas is resized to S x S and flipped horizontally with ``x' = S - x``. ``channel_swap_prob``
     is the photometric step's random channel permutation (mmdet: 0.5). ImageMeta.border/scale
     describe the crop + resize without the flip (informational; training does not use them).
+    Instance ``masks`` [N, H, W] bool, when given, go through the same crop, selection, resize
+    (bilinear, >= 0.5) and flip as the boxes and come out as ``GroundTruth.masks`` [N', S, S].
     """
 
     def __init__(
@@ -134,7 +136,12 @@ class TrainTransform:
         self.std = torch.tensor(std, dtype=torch.float32)
 
     def __call__(
-        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        rng: np.random.Generator,
+        masks: np.ndarray | None = None,
     ) -> tuple[Tensor, GroundTruth, ImageMeta]:
         """Augment one image; see the class docstring. ``rng`` drives every random choice."""
         h, w = image.shape[:2]
@@ -149,19 +156,37 @@ class TrainTransform:
         boxes = boxes.clip(0, side)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, labels = boxes[keep], labels[keep]
+        gt_masks = None if masks is None else self._crop_masks(masks[inside][keep], cx, cy, side)
 
         s = self.crop_size
         scale = s / side
         t = _normalize(canvas, self.mean, self.std)
         t = F.interpolate(t[None], size=(s, s), mode="bilinear", align_corners=False)[0]
         gt_boxes = torch.from_numpy(np.ascontiguousarray(boxes * scale, dtype=np.float32))
+        if gt_masks is not None:  # [N, side, side] -> [N, S, S], resampled like the image
+            resized = F.interpolate(gt_masks[None].float(), size=(s, s), mode="bilinear", align_corners=False)
+            gt_masks = resized[0] >= 0.5
         if rng.random() < self.flip_prob:
             t = t.flip(-1)
             gt_boxes = torch.stack([s - gt_boxes[:, 2], gt_boxes[:, 1], s - gt_boxes[:, 0], gt_boxes[:, 3]], 1)
+            gt_masks = None if gt_masks is None else gt_masks.flip(-1)
         meta = ImageMeta(
             image_id=-1, orig_size=(h, w), input_size=(s, s), border=(shift_y * scale, shift_x * scale), scale=scale
         )
-        return t.contiguous(), GroundTruth(gt_boxes.reshape(-1, 4), torch.from_numpy(labels)), meta
+        return t.contiguous(), GroundTruth(gt_boxes.reshape(-1, 4), torch.from_numpy(labels), gt_masks), meta
+
+    def _crop_masks(self, masks: np.ndarray, cx: int, cy: int, side: int) -> Tensor:
+        """bool [N, H, W] -> bool [N, side, side]: the same window as :meth:`_crop`, empty outside."""
+        h, w = masks.shape[1:]
+        half = side // 2
+        x0, x1, y0, y1 = max(cx - half, 0), min(cx + half, w), max(cy - half, 0), min(cy + half, h)
+        out = torch.zeros(len(masks), side, side, dtype=torch.bool)
+        shift_x, shift_y = half - cx, half - cy
+        if x1 > x0 and y1 > y0:
+            out[:, y0 + shift_y : y1 + shift_y, x0 + shift_x : x1 + shift_x] = torch.from_numpy(
+                np.ascontiguousarray(masks[:, y0:y1, x0:x1], dtype=bool)
+            )
+        return out
 
     def _choose_crop(self, h: int, w: int, boxes: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:
         """Pick (centre x, centre y, canvas side) so the crop holds >= 1 GT centre (mmdet rule).
@@ -212,9 +237,15 @@ class TestTransform:
         self.std = torch.tensor(std, dtype=torch.float32)
 
     def __call__(
-        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator | None = None
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        rng: np.random.Generator | None = None,
+        masks: np.ndarray | None = None,
     ) -> tuple[Tensor, GroundTruth, ImageMeta]:
-        """Pad one image; ``rng`` is accepted for a uniform call signature and unused."""
+        """Pad one image (and its ``masks`` [N, H, W] bool, if given); ``rng`` is accepted for a uniform
+        call signature and unused."""
         h, w = image.shape[:2]
         in_h, in_w = h | self.pad_or, w | self.pad_or
         top, left = in_h // 2 - h // 2, in_w // 2 - w // 2  # mmdet: image centre at the input centre
@@ -224,7 +255,11 @@ class TestTransform:
             np.asarray(boxes, dtype=np.float32).reshape(-1, 4) + [left, top, left, top], dtype=torch.float32
         )
         gt_labels = torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1))
+        gt_masks = None
+        if masks is not None:
+            gt_masks = torch.zeros(len(masks), in_h, in_w, dtype=torch.bool)
+            gt_masks[:, top : top + h, left : left + w] = torch.from_numpy(np.asarray(masks, dtype=bool))
         meta = ImageMeta(
             image_id=-1, orig_size=(h, w), input_size=(in_h, in_w), border=(float(top), float(left)), scale=1.0
         )
-        return out, GroundTruth(gt_boxes, gt_labels), meta
+        return out, GroundTruth(gt_boxes, gt_labels, gt_masks), meta

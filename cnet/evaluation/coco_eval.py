@@ -39,7 +39,8 @@ def detections_to_coco(
     image_ids: one COCO image id per entry of ``detections``.
     detections: boxes [D, 4] xyxy in original-image pixels, scores [D], labels [D] contiguous
     class index used to look up ``label_to_cat_id`` (contiguous index -> COCO category id).
-    Returns dicts with bbox ``[x, y, w, h]`` rounded to 2 decimals and score rounded to 4.
+    Returns dicts with bbox ``[x, y, w, h]`` rounded to 2 decimals and score rounded to 4, plus
+    ``segmentation`` (the detection's RLE) when the detections carry ``segmentations``.
     """
     if len(image_ids) != len(detections):
         raise ValueError(
@@ -51,7 +52,8 @@ def detections_to_coco(
         boxes = det.boxes.detach().cpu().double().tolist()
         scores = det.scores.detach().cpu().double().tolist()
         labels = det.labels.detach().cpu().tolist()
-        for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels):
+        segms = det.segmentations
+        for k, ((x1, y1, x2, y2), score, label) in enumerate(zip(boxes, scores, labels)):
             if not 0 <= label < len(label_to_cat_id):
                 raise ValueError(
                     f"detections_to_coco: label {label} of image {image_id} is outside label_to_cat_id "
@@ -65,6 +67,8 @@ def detections_to_coco(
                     "score": round(score, 4),
                 }
             )
+            if segms is not None:
+                results[-1]["segmentation"] = segms[k]
     return results
 
 

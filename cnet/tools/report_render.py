@@ -17,7 +17,7 @@ from cnet.tools.report_tables import METRICS, Cell, Table, progress
 
 DASH = "—"
 RULE_NOTE = (
-    "ours = metrics.bbox_* x 100 of the latest FINISHED run per seed among the runs tagged with the "
+    "ours = metrics.{kind}_* x 100 of the latest FINISHED run per seed among the runs tagged with the "
     "row's configuration; several seeds: mean ± std (n). diff = ours - paper. n/a: COCO gives -1 "
     "(no object of that size in the evaluation set)."
 )
@@ -96,7 +96,7 @@ def to_markdown(table: Table) -> str:
     align = ["---"] + ["---:"] * (len(cols) - 2) + ["---"]
     out = [f"## {table.title}", "", "| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body(table)]
-    out += ["", RULE_NOTE, "", "Provenance:", ""]
+    out += ["", RULE_NOTE.format(kind=table.spec.metric), "", "Provenance:", ""]
     out += [f"- {line}" for line in provenance_lines(table)]
     return "\n".join(out) + "\n"
 
@@ -182,7 +182,14 @@ def to_latex(table: Table) -> str:
         r"\hline",
     ]
     out += [" & ".join(_tex(c) for c in line) + r" \\" for line in body(table)]
-    out += [r"\hline", r"\end{tabular}}", r"\end{table}", "", f"% {_tex(RULE_NOTE)}", r"\begin{itemize}"]
+    out += [
+        r"\hline",
+        r"\end{tabular}}",
+        r"\end{table}",
+        "",
+        f"% {_tex(RULE_NOTE.format(kind=table.spec.metric))}",
+        r"\begin{itemize}",
+    ]
     out += [rf"\item {_tex(line)}" for line in provenance_lines(table)]
     out += [r"\end{itemize}"]
     return "\n".join(out) + "\n"

@@ -18,7 +18,8 @@ Each table cell is chosen from the runs by this rule (see :func:`select_cell`):
    ``failed`` (runs exist, none FINISHED), ``partial e/E`` (a used FINISHED run trained fewer
    epochs than its ``params.schedule.epochs``), ``ok``.
 
-Our numbers are ``metrics.bbox_*`` x 100 (percent, like the paper). COCO reports -1 for an
+Our numbers are ``metrics.<metric>_*`` x 100 (percent, like the paper); ``metric`` is the spec's
+``bbox`` (default) or ``segm`` (Table 3: mask AP). COCO reports -1 for an
 area range without objects: such a figure is shown as ``n/a``, never as a number.
 """
 
@@ -63,6 +64,7 @@ class TableSpec:
     setting: dict[str, Any]
     rows: tuple[RowSpec, ...]
     extra_metrics: tuple[str, ...] = ()  # ours-only columns, logged as metrics.<name>
+    metric: str = "bbox"  # our columns are metrics.<metric>_<AP...>: bbox, or segm for mask AP
 
     def paper_epochs(self, row: RowSpec) -> int:
         """The schedule length (epochs) the paper used for ``row``."""
@@ -172,7 +174,14 @@ def load_spec(table: str, experiments_dir: Path = EXPERIMENTS_DIR) -> TableSpec:
         setting=dict(raw["setting"]),
         rows=tuple(rows),
         extra_metrics=tuple(str(m) for m in raw.get("extra_metrics", ())),
+        metric=_metric_kind(path, raw.get("metric", "bbox")),
     )
+
+
+def _metric_kind(path: Path, kind: object) -> str:
+    if kind not in ("bbox", "segm"):
+        raise ValueError(f"{path}: metric must be 'bbox' or 'segm', got {kind!r}")
+    return str(kind)
 
 
 # ---------------------------------------------------------------- cell selection
@@ -314,7 +323,7 @@ def flagged_title(spec: TableSpec, cells: list[Cell]) -> str:
 
 def build_table(spec: TableSpec, runs: pd.DataFrame, last_epoch: Callable[[str], int | None]) -> Table:
     """One cell per row of ``spec`` from ``runs`` (a ``mlflow.search_runs`` frame)."""
-    # display name -> MLflow column: the paper's six are metrics.bbox_*, the extras as named
-    columns = {m: f"metrics.bbox_{m}" for m in METRICS} | {x: f"metrics.{x}" for x in spec.extra_metrics}
+    # display name -> MLflow column: the paper's six are metrics.<bbox|segm>_*, the extras as named
+    columns = {m: f"metrics.{spec.metric}_{m}" for m in METRICS} | {x: f"metrics.{x}" for x in spec.extra_metrics}
     cells = [select_cell(match_row(runs, row), columns, last_epoch) for row in spec.rows]
     return Table(spec=spec, cells=cells, title=flagged_title(spec, cells))
