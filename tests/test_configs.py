@@ -107,6 +107,8 @@ def test_every_experiment_composes(experiment):
     spec = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml")
     # each `override /group: option` is applied, except keys the experiment sets itself
     for entry in spec.get("defaults", []):
+        if isinstance(entry, str):  # `_self_` or another experiment this one builds on
+            continue
         for target, option in entry.items():
             group = target.removeprefix("override ").strip("/")
             own = tuple(spec.get(group, {}).keys())

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cnet.decode as decode
 import cnet.matching.center_heatmap as center_heatmap
-import cnet.postprocess as postprocess
 from cnet.compose import group_options
 from cnet.ops import local_maxima
 from cnet.postprocess import PostProcess
@@ -37,7 +37,7 @@ def test_every_matching_decodes_identical_detections(name, monkeypatch):
     metas = [ImageMeta(0, outputs.input_size, outputs.input_size)] * 2
     pp = PostProcess(matching, corner_topk=30, num_dets=200, max_per_image=50)
     fast = pp(outputs, metas)
-    monkeypatch.setattr(postprocess, "local_maxima", reference)
+    monkeypatch.setattr(decode, "local_maxima", reference)
     monkeypatch.setattr(center_heatmap, "local_maxima", reference)
     slow = pp(outputs, metas)
     for a, b in zip(fast, slow):

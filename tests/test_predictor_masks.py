@@ -40,7 +40,7 @@ def test_flipped_view_masks_align_with_the_unflipped_ones():
     predictor = Predictor(torch.nn.Identity(), None, [Identity(), HFlip()], mask_head=head)  # type: ignore[arg-type]
     meta = ImageMeta(image_id=1, orig_size=(40, 50), input_size=(h, w), border=(3.0, 5.0))
     det = Detections(torch.tensor([[4.0, 4.0, 36.0, 28.0]]), torch.ones(1), torch.zeros(1, dtype=torch.int64))
-    probs = predictor.mask_probs(outputs_for(image), 0, 1, det, meta)
+    probs = predictor.mask_probs([(predictor.views, outputs_for(image))], (h, w), 0, 1, det, meta)
     plain, mirrored = head.seen
     assert not torch.allclose(plain, mirrored, atol=1e-3)  # the view's own map runs the other way ...
     assert torch.allclose(plain, mirrored.flip(-1), atol=1e-5)  # ... and lines up once mapped back
@@ -56,7 +56,7 @@ def test_masks_are_pasted_into_original_pixels_and_thresholded():
     # the blob in original pixels: input minus the border (top 3, left 5)
     truth = image[3:43, 5:55] > 0.5
     det = Detections(torch.tensor([[4.0, 4.0, 36.0, 28.0]]), torch.ones(1), torch.zeros(1, dtype=torch.int64))
-    probs = predictor.mask_probs(outputs_for(image), 0, 1, det, meta)
+    probs = predictor.mask_probs([(predictor.views, outputs_for(image))], (h, w), 0, 1, det, meta)
     rles = predictor.encode_masks(probs, det.boxes, meta.orig_size)
     mask = decode_rle(rles, meta.orig_size)[0]
     assert rles[0]["size"] == [40, 50]

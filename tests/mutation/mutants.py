@@ -202,7 +202,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "pair_indices_swapped",
         "postprocess",
-        "cnet/postprocess.py",
+        "cnet/decode.py",
         "ti, bi = top_idx // k, top_idx % k",
         "bi, ti = top_idx // k, top_idx % k",
         ("tests/test_predictor.py",),
