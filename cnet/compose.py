@@ -51,8 +51,20 @@ def option_factory(group: str, name: str) -> Callable[..., Any]:
 
 
 def build_parts(cfg: DictConfig) -> dict[str, Callable[..., Any]]:
-    """Factories of the detector's parts, by group name (Hydra partials)."""
-    return {group: instantiate(cfg[group]) for group in PART_GROUPS}
+    """Factories of the detector's parts, by group name (Hydra partials).
+
+    A saved config from before a group existed (a run's ``.hydra/config.yaml``) lacks that group:
+    it gets the group's default option, which is what such a run was trained without.
+    """
+    defaults: DictConfig | None = None
+    parts = {}
+    for group in PART_GROUPS:
+        if group not in cfg:
+            defaults = defaults if defaults is not None else compose_config()
+            parts[group] = instantiate(defaults[group])
+        else:
+            parts[group] = instantiate(cfg[group])
+    return parts
 
 
 def build_detector(cfg: DictConfig, num_classes: int, backbone: Any = None) -> CornerDetector:

@@ -114,3 +114,10 @@ def test_every_experiment_composes(experiment):
             own = tuple(spec.get(group, {}).keys())
             assert_holds(cfg[group], OmegaConf.load(CONF / group / f"{option}.yaml"), f"{experiment}: {group}", own)
     assert_holds(cfg, spec, experiment, skip=("hydra",))
+
+
+def test_a_saved_config_from_before_a_part_group_existed_builds_with_its_default():
+    cfg = OmegaConf.create({k: v for k, v in compose_cfg([]).items() if k != "mask_head"})  # an old run's config
+    model = build_detector(cfg, 3, HourglassNet(num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1),
+                                                stem_channels=8, feat_channels=16))  # fmt: skip
+    assert model.mask_head is None or not model.uses_masks
