@@ -75,8 +75,9 @@ def _wait_for_text(path: Path, text: str, timeout_s: float) -> None:
 
 
 def test_job_preempted_mid_epoch_is_requeued_and_resumes_into_the_same_run(slurm_cluster: LocalSlurm, tmp_path: Path):
-    # 48 images, 2 tasks x 2 images: 12 steps per epoch, long enough to be hit mid-epoch
-    args = [*FAST, "adaption=none", "trainer.batch_size=2", "data.source.num_train=48", "schedule.epochs=2",
+    # 384 images, 2 tasks x 2 images: 96 steps (seconds) per epoch, so the notice sent 1 s into
+    # epoch 1 lands mid-epoch even on an idle machine (48 images took 0.8 s and finished first)
+    args = [*FAST, "adaption=none", "trainer.batch_size=2", "data.source.num_train=384", "schedule.epochs=2",
             "test.matching_only=false", "hydra.launcher.timeout_min=600"]  # fmt: skip
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen(
