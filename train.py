@@ -141,10 +141,12 @@ def track_and_fit(cfg: DictConfig, hc: Any, out_dir: Path, run: Run) -> float:
     run_name += "".join(f" {o.split('=')[0].rsplit('.', 1)[-1]}={o.split('=', 1)[-1]}" for o in rest)  # leaf=value
     if run.resume_run_id:  # a resumed run keeps the sweep it was launched in
         tags.pop("sweep_id")
-    with Tracker(uri, cfg.tracking.experiment, run_id=run.resume_run_id, run_name=run_name[:250], tags=tags) as tracker:
+    flush_s = 60.0 * float(cfg.tracking.flush_timeout_min)
+    with Tracker(uri, cfg.tracking.experiment, run.resume_run_id, run_name[:250], tags, flush_s) as tracker:
         write_job_status(out_dir, "RUNNING", tracker.run_id)
         params = flatten_params(OmegaConf.to_container(cfg, resolve=True))
         params.pop("tracking.sweep_id")  # a time stamp of the launch: a tag, and may differ on resume
+        params.pop("tracking.flush_timeout_min")  # how to wait for the store, not what was trained
         tracker.log_params(params)
         tracker.log_params({"model.num_parameters": str(run.num_parameters)})
         tracker.log_params({f"batch.{k}": str(v) for k, v in run.batch.items()})

@@ -26,6 +26,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from cnet.errors import ResumeError, TrackingStoreError
+from cnet.outbox import Outbox, OutboxTimeout
 
 MAX_PARAM_VALUE_LENGTH = 6000  # MLflow's limit on a param value (characters)
 _BATCH_PARAMS = 100  # MLflow's per-request limits of log_batch
@@ -146,8 +147,13 @@ class Tracker:
         run_id: resume this run (its status goes back to RUNNING) instead of creating one.
         run_name: display name of a new run (renames a resumed run if given).
         tags: tags set on the run, new or resumed.
+        flush_timeout_s: how long :meth:`finish` waits for an unreachable store to come back.
 
-    Use as a context manager to end the run FINISHED, FAILED on an exception, or KILLED on
+    Opening the run and :meth:`log_params` talk to the store directly (a store that is down at the
+    start stops the job before it trains). Everything logged afterwards (metrics, tags, the dataset,
+    artifacts, the run's end) goes through an :class:`~cnet.outbox.Outbox`: a tracking server that
+    goes away mid-run does not stop training; its calls are buffered and sent, in order, when it is
+    back. Use as a context manager to end the run FINISHED, FAILED on an exception, or KILLED on
     Ctrl-C; the exception propagates.
     """
 
@@ -158,9 +164,11 @@ class Tracker:
         run_id: str | None = None,
         run_name: str | None = None,
         tags: dict[str, str] | None = None,
+        flush_timeout_s: float = 1800.0,
     ) -> None:
         self._client = open_store(tracking_uri)
         self._tracking_uri = tracking_uri
+        self._flush_timeout_s = float(flush_timeout_s)
         self._experiment_id = self._get_or_create_experiment(experiment)
         self._finished = False
         if run_id is None:
@@ -173,8 +181,9 @@ class Tracker:
             self._run_id: str = run.info.run_id
         else:
             self._run_id = self._resume(run_id, experiment, run_name)
-            if tags:
-                self.set_tags(tags)
+        self._outbox = Outbox(tracking_uri)
+        if run_id is not None and tags:
+            self.set_tags(tags)
 
     def _get_or_create_experiment(self, name: str) -> str:
         exp = _retry_locked(self._client.get_experiment_by_name, name)
@@ -252,7 +261,7 @@ class Tracker:
         """Set (or overwrite) run tags; values are ``str()``'d."""
         run_tags = [RunTag(str(k), str(v)) for k, v in tags.items()]
         for i in range(0, len(run_tags), _BATCH_PARAMS):
-            _retry_locked(self._client.log_batch, self._run_id, tags=run_tags[i : i + _BATCH_PARAMS])
+            self._outbox.put(self._client.log_batch, self._run_id, tags=run_tags[i : i + _BATCH_PARAMS])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log scalar metrics at ``step`` in one batch; NaN/inf values are skipped with a warning.
@@ -268,7 +277,7 @@ class Tracker:
                 continue
             batch.append(Metric(str(key), value, timestamp_ms, int(step)))
         for i in range(0, len(batch), _BATCH_METRICS):
-            _retry_locked(self._client.log_batch, self._run_id, metrics=batch[i : i + _BATCH_METRICS])
+            self._outbox.put(self._client.log_batch, self._run_id, metrics=batch[i : i + _BATCH_METRICS])
 
     def log_dataset(self, name: str, annotation_file: Path, context: str = "train") -> None:
         """Record the dataset as a run input (the runs table's Dataset column): its name and a
@@ -277,28 +286,43 @@ class Tracker:
         source = json.dumps({"uri": str(annotation_file.resolve())})
         dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
         tags = [InputTag(key="mlflow.data.context", value=context)]
-        _retry_locked(self._client.log_inputs, self._run_id, datasets=[DatasetInput(dataset, tags)])
+        self._outbox.put(self._client.log_inputs, self._run_id, datasets=[DatasetInput(dataset, tags)])
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until everything logged so far is in the store (False: still unreachable)."""
+        return self._outbox.flush(self._flush_timeout_s if timeout_s is None else timeout_s)
 
     def status(self) -> str:
-        """The run's status in the store (RUNNING, FINISHED, FAILED, KILLED)."""
+        """The run's status in the store (RUNNING, FINISHED, FAILED, KILLED), after a flush."""
+        self.flush()
         return str(_retry_locked(self._client.get_run, self._run_id).info.status)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy one local file into the run's artifacts (under ``artifact_path`` if given)."""
-        _retry_locked(self._client.log_artifact, self._run_id, str(path), artifact_path)
+        self._outbox.put(self._client.log_artifact, self._run_id, str(path), artifact_path)
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         """Copy a local folder's contents into the run's artifacts (under ``artifact_path``)."""
-        _retry_locked(self._client.log_artifacts, self._run_id, str(local_dir), artifact_path)
+        self._outbox.put(self._client.log_artifacts, self._run_id, str(local_dir), artifact_path)
 
     def finish(self, status: str = "FINISHED") -> None:
-        """End the run with ``status`` (FINISHED, FAILED or KILLED); later calls do nothing."""
+        """End the run with ``status`` (FINISHED, FAILED or KILLED) once everything buffered is sent;
+        later calls do nothing. A run that ends FINISHED waits ``flush_timeout_s`` for an unreachable
+        store, one that failed at most a minute; then :class:`TrackingStoreError` says what was lost."""
         if status not in _TERMINAL_STATUSES:
             raise ValueError(f"Tracker.finish: status must be one of {_TERMINAL_STATUSES}, got {status!r}")
         if self._finished:
             return
-        _retry_locked(self._client.set_terminated, self._run_id, status=status)
         self._finished = True
+        self._outbox.put(self._client.set_terminated, self._run_id, status=status)
+        timeout_s = self._flush_timeout_s if status == "FINISHED" else min(60.0, self._flush_timeout_s)
+        try:
+            self._outbox.close(timeout_s)
+        except OutboxTimeout as exc:
+            raise TrackingStoreError(
+                f"MLflow run {self._run_id} not ended {status}: {exc}; the run stays RUNNING in the store "
+                "and its checkpoint is kept: launch the same command again once the store answers"
+            ) from exc
 
     def __enter__(self) -> Tracker:
         return self
@@ -311,7 +335,8 @@ class Tracker:
     ) -> None:
         if exc_type is None:
             self.finish("FINISHED")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("KILLED")
-        else:
-            self.finish("FAILED")
+            return
+        try:  # the exception that ended the run is the one to report
+            self.finish("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        except Exception as err:
+            warnings.warn(f"{err}", stacklevel=2)

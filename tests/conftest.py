@@ -11,6 +11,7 @@ import pytest
 import torch
 
 if TYPE_CHECKING:
+    from tests.servers import MlflowServer
     from tests.slurm.cluster import LocalSlurm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,3 +63,31 @@ def slurm_cluster(tmp_path_factory) -> Iterator[LocalSlurm]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres(tmp_path_factory) -> Iterator[MlflowServer]:
+    """The README's ``mlflow server`` on a private PostgreSQL cluster, for the session, or a skip.
+
+    The cluster's folder is a fresh one under /tmp: PostgreSQL runs as user postgres when we are
+    root, and pytest's own folders are closed to other users.
+    """
+    import shutil
+    import tempfile
+
+    from tests.servers import LocalPostgres, MlflowServer, postgres_available
+
+    ok, reason = postgres_available()
+    if not ok:
+        pytest.skip(reason)
+    db = LocalPostgres(Path(tempfile.mkdtemp(prefix="cnet-postgres-")))
+    server = None
+    try:
+        db.start()
+        server = MlflowServer(tmp_path_factory.mktemp("mlflow_server"), db.uri).start()
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+        db.stop()
+        shutil.rmtree(db.folder, ignore_errors=True)

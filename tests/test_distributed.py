@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from cnet.matching.centripetal import Centripetal
 from cnet.run import Run, TestConfig, seed_everything
 from cnet.schedule import ScheduleConfig
 from cnet.trainer import TrainerConfig, TrainState
+from tests.servers import free_port
 from tests.test_train_cli import FAST, ROOT
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -53,12 +53,6 @@ def _evaluate_worker(rank: int, world: int, port: int, cache: str, out: str) -> 
         torch.save(metrics, Path(out) / f"metrics_rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow

@@ -16,7 +16,17 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from cnet.tools.report_render import ours_text, table_frame, to_latex, to_markdown
-from cnet.tools.report_tables import METRICS, RowSpec, available_tables, build_table, load_spec, match_row, select_cell
+from cnet.tools.report_tables import (
+    METRICS,
+    RowSpec,
+    available_tables,
+    build_table,
+    load_spec,
+    match_row,
+    parse_epoch_map,
+    remap_epochs,
+    select_cell,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -149,6 +159,21 @@ def test_rows_match_on_tags_mask_head_default_and_epochs():
     assert list(match_row(runs, row110).run_id) == ["plain"]
     masked = RowSpec("r", {**row.config, "mask_head": "centripetal_mask"}, row.paper, epochs=110)
     assert list(match_row(runs, masked).run_id) == ["masked"]
+
+
+def test_a_short_sweep_fills_the_rows_of_each_paper_schedule_and_the_title_says_so():
+    spec = remap_epochs(load_spec("table6"), parse_epoch_map("110=6,210=12"))
+    tags = {"matching": "centripetal", "adaption": "cross_star", "data": "synthetic", "backbone": "tiny"}
+    runs = pd.DataFrame([run_record("short", 1, epochs=6, **tags), run_record("long", 2, epochs=12, **tags),
+                         run_record("paper", 3, epochs=110, **tags)])  # fmt: skip
+    table = build_table(spec, runs, lambda run_id: {"short": 6, "long": 12, "paper": 110}[run_id])
+    used = [[ref.run_id for ref in cell.used] for cell in table.cells]
+    assert used == [[], [], ["short"], [], ["long"], []]  # rows 3 and 5: centripetal + cross_star, no mask
+    assert table.title.endswith("ours on SYNTHETIC data, tiny backbone, 6/12-epoch schedule: not a COCO reproduction")
+    with pytest.raises(ValueError, match="table table6 has rows of \\[110, 210\\] epochs, not \\[100\\]"):
+        remap_epochs(spec, {100: 5})
+    with pytest.raises(ValueError, match="expected PAPER=OURS"):
+        parse_epoch_map("110:6")
 
 
 def test_title_says_when_runs_are_not_the_papers_setting():

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from cnet.tools import report_render as render
-from cnet.tools.report_tables import available_tables, build_table, load_spec
+from cnet.tools.report_tables import available_tables, build_table, load_spec, parse_epoch_map, remap_epochs
 
 # mlflow (3 s to import) is imported only where runs are read: an empty store never pays for it.
 
@@ -97,9 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default=None, help="only this MLflow experiment (default: all)")
     parser.add_argument("--sweep-id", default=None, help="only runs with this tags.sweep_id")
     parser.add_argument("--out-dir", type=Path, default=Path("reports"), help="where <table>.{md,csv,tex,png} go")
+    parser.add_argument(
+        "--epochs",
+        default=None,
+        metavar="PAPER=OURS,...",
+        help="fill the rows of a PAPER-epoch schedule with runs of OURS epochs (a short sweep: 110=6,210=12)",
+    )
     args = parser.parse_args(argv)
 
     spec = load_spec(args.table)
+    if args.epochs:
+        spec = remap_epochs(spec, parse_epoch_map(args.epochs))
     uri = args.tracking_uri or default_tracking_uri()
     if missing_sqlite_store(uri):
         print(f"note: no MLflow store at {uri}: every cell is 'not run'", file=sys.stderr)

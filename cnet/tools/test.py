@@ -118,6 +118,7 @@ def track(
 ) -> str:  # fmt: skip
     """Log the figures to a new MLflow run (or the source run) and return its id."""
     uri = resolve_tracking_uri(cfg.tracking.uri)
+    flush_s = 60.0 * float(cfg.tracking.get("flush_timeout_min", 30))  # runs saved before the key existed
     tags = choices | {
         "kind": "test",
         "source_checkpoint": str(ckpt.resolve()),
@@ -128,11 +129,11 @@ def track(
     if into_source:
         if not state.mlflow_run_id:
             raise InputError(f"--into-source-run: checkpoint {ckpt} records no MLflow run id")
-        with Tracker(uri, cfg.tracking.experiment, run_id=state.mlflow_run_id) as tracker:
+        with Tracker(uri, cfg.tracking.experiment, run_id=state.mlflow_run_id, flush_timeout_s=flush_s) as tracker:
             tracker.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=state.epoch)
         return tracker.run_id
     name = f"test-{ckpt.parent.parent.name}" if ckpt.parent.name == "checkpoints" else f"test-{ckpt.stem}"
-    with Tracker(uri, cfg.tracking.experiment, run_name=name, tags=tags) as tracker:
+    with Tracker(uri, cfg.tracking.experiment, run_name=name, tags=tags, flush_timeout_s=flush_s) as tracker:
         tracker.log_params(flatten_params(to_plain(cfg)))
         tracker.log_metrics(metrics, step=state.epoch)
         for results in sorted(out_dir.glob("results_*.json")):

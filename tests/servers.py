@@ -1,0 +1,196 @@
+"""Real tracking back-ends for tests and humans: a private PostgreSQL cluster and an MLflow server.
+
+    python -m tests.servers start --dir /tmp/cnet-mlflow   # PostgreSQL + `mlflow server`; prints the URI
+    python -m tests.servers stop --dir /tmp/cnet-mlflow
+
+PostgreSQL comes from Debian's ``postgresql`` package (``initdb``/``pg_ctl`` under
+``/usr/lib/postgresql/<version>/bin``); the cluster lives in one folder, listens on loopback only,
+trusts local connections, and runs as user ``postgres`` when started by root (it refuses root).
+The MLflow server is started with the README's command (``README.md``, section "Tracking").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MLFLOW = Path(sys.executable).with_name("mlflow")
+INSTALL_HINT = "apt-get install postgresql; pip install 'psycopg[binary]'"
+# /health answers in ~30 s on an idle 2-core machine (schema migration + uvicorn start)
+HEALTH_TIMEOUT_S = 180
+
+
+def pg_bin(name: str) -> str | None:
+    """Path of a PostgreSQL server binary (Debian keeps them out of PATH)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def postgres_available() -> tuple[bool, str]:
+    """Whether a PostgreSQL cluster can be started here, and why not."""
+    missing = [n for n in ("initdb", "pg_ctl", "createdb") if pg_bin(n) is None]
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        missing.append("runuser")
+    try:
+        import psycopg  # noqa: F401 -- SQLAlchemy 2.1's default PostgreSQL driver, used by mlflow server
+    except ImportError:
+        missing.append("psycopg")
+    return (not missing, f"PostgreSQL not usable ({INSTALL_HINT}); missing: {', '.join(missing)}" if missing else "")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalPostgres:
+    """A PostgreSQL cluster in ``folder`` with one database, ``mlflow``; ``uri`` is its SQLAlchemy URI."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.data = self.folder / "pgdata"
+        self.port = free_port()
+        self.as_postgres = os.geteuid() == 0
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/mlflow"
+
+    def _run(self, *cmd: str) -> str:
+        prefix = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
+        res = subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"{shlex.join(cmd)} failed: {res.stdout[-1500:]}{res.stderr[-1500:]}")
+        return res.stdout
+
+    def start(self) -> LocalPostgres:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.as_postgres:  # the server user must reach its folder
+            shutil.chown(self.folder, "postgres", "postgres")
+            os.chmod(self.folder, 0o700)
+        user = ["-U", "postgres"]
+        self._run(pg_bin("initdb") or "initdb", "-D", str(self.data), "-A", "trust", *user, "-E", "UTF8")
+        opts = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        log = str(self.folder / "postgres.log")
+        self._run(pg_bin("pg_ctl") or "pg_ctl", "-D", str(self.data), "-l", log, "-o", opts, "-w", "-t", "60", "start")
+        self._run(pg_bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(self.port), *user, "mlflow")
+        return self
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(pg_bin("pg_ctl") or "pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+def readme_server_command() -> list[str]:
+    """The ``mlflow server ...`` command of README.md's tracking section, as argv."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"^mlflow server .*?(?<!\\)$", text, flags=re.MULTILINE | re.DOTALL)
+    if match is None:
+        raise AssertionError("README.md has no `mlflow server ...` command")
+    return shlex.split(match.group(0).replace("\\\n", " "))
+
+
+class MlflowServer:
+    """The README's ``mlflow server`` command, on loopback, with ``backend`` and a local artifact folder.
+
+    Only the values of ``--host``, ``--port``, ``--backend-store-uri`` and ``--artifacts-destination``
+    are replaced; every flag is the README's. ``stop()`` then ``start()`` restarts it on the same port.
+    """
+
+    def __init__(self, folder: Path, backend: str) -> None:
+        self.folder = Path(folder)
+        self.port = free_port()
+        values = {
+            "--host": "127.0.0.1",
+            "--port": str(self.port),
+            "--backend-store-uri": backend,
+            "--artifacts-destination": str(self.folder / "artifacts"),
+        }
+        argv = readme_server_command()
+        missing = sorted(set(values) - set(argv))
+        if missing:
+            raise AssertionError(f"README's mlflow server command lacks {missing}")
+        self.argv = [str(MLFLOW)] + [values.get(argv[i - 1], a) if i else a for i, a in enumerate(argv)][1:]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def start(self) -> MlflowServer:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )  # own process group: stop() ends its workers too
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while not self.healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = (self.folder / "server.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"mlflow server on port {self.port} did not answer /health:\n{tail}")
+            time.sleep(1)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=15)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--dir", type=Path, required=True, help="folder of the database and the server")
+    args = parser.parse_args(argv)
+    pid_file = args.dir / "mlflow-server.pid"
+    if args.action == "start":
+        ok, reason = postgres_available()
+        if not ok:
+            raise SystemExit(reason)
+        db = LocalPostgres(args.dir / "postgres").start()
+        server = MlflowServer(args.dir / "server", db.uri).start()
+        assert server.proc is not None
+        pid_file.write_text(str(server.proc.pid))
+        print(f"export MLFLOW_TRACKING_URI={server.url}  # backend {db.uri}")
+        return
+    if pid_file.exists():
+        pgid = int(pid_file.read_text())
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.killpg(pgid, signal.SIGTERM)
+            for _ in range(150):  # uvicorn ends its workers first
+                time.sleep(0.1)
+                os.killpg(pgid, 0)
+        pid_file.unlink()
+    db = LocalPostgres(args.dir / "postgres")
+    db.stop()
+
+
+if __name__ == "__main__":
+    main()
