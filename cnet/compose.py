@@ -100,16 +100,20 @@ def build_run(cfg: DictConfig, out_dir: Path) -> Run:
     )
 
 
-def build_evaluation(cfg: DictConfig, ann_file: Path | None = None, img_dir: Path | None = None) -> Evaluation:
+def build_evaluation(
+    cfg: DictConfig, ann_file: Path | None = None, img_dir: Path | None = None, check_images: bool = True
+) -> Evaluation:
     """The detector, predictor and validation sets of ``cfg`` without its training data: the run's
-    val split and extra splits, or one COCO annotation file ``ann_file`` with images in ``img_dir``."""
+    val split and extra splits, or one COCO annotation file ``ann_file`` with images in ``img_dir``.
+    ``check_images=False``: the images need not exist (only the categories are used)."""
     transform = instantiate(cfg.data.test_transform)
     if ann_file is not None:
-        val_sets = {"bbox": CocoDetection(img_dir if img_dir is not None else ann_file.parent, ann_file, transform)}
+        folder = img_dir if img_dir is not None else ann_file.parent
+        val_sets = {"bbox": CocoDetection(folder, ann_file, transform, check_images=check_images)}
     else:
-        val_sets = {"bbox": instantiate(cfg.data.source).val_dataset(transform)}
+        val_sets = {"bbox": instantiate(cfg.data.source).val_dataset(transform, check_images)}
         for name, source in cfg.data.extra_val.items():
-            val_sets[f"{name}_bbox"] = instantiate(source).val_dataset(transform)
+            val_sets[f"{name}_bbox"] = instantiate(source).val_dataset(transform, check_images)
     return Evaluation(
         val_sets,
         backbone=instantiate(cfg.backbone),

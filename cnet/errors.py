@@ -11,10 +11,17 @@ class TrackingStoreError(RuntimeError):
     """The MLflow store cannot be opened or read; the message names it and says what to do."""
 
 
+class DataError(ValueError):
+    """An annotation file (or an image it lists) is unusable: the one-line message names the file,
+    the item (image, annotation or category id, or the missing key) and the fix. A ValueError, so
+    code that already catches ValueError for bad input keeps doing so."""
+
+
 # exceptions whose message alone tells the user what to fix (no traceback needed)
 USER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     ValueError,
+    DataError,
     FloatingPointError,
     ResumeError,
     TrackingStoreError,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_records import run_records
+from PIL import Image
 
 from cnet.data.synthetic import generate_synthetic
 
@@ -95,6 +97,32 @@ def test_missing_annotation_file_names_the_file(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 1 and "instances_train2017.json" in out and "Traceback" not in out
     assert runs(tmp_path) == []
+
+
+@pytest.mark.slow  # ~10 s: train.py's imports and Hydra start-up
+def test_bad_annotation_file_is_one_line_and_leaves_nothing(tmp_path):
+    """A duplicated image id in the train file: a one-line DataError naming file and id, exit 1."""
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    images = [{"id": k, "file_name": f"{k}.png", "width": 32, "height": 32} for k in (1, 2)]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9], "area": 81, "iscrowd": 0}]
+    for split in ("train2017", "val2017"):
+        (root / split).mkdir()
+        for im in images:
+            Image.new("RGB", (32, 32)).save(root / split / im["file_name"])
+        data = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
+        if split == "train2017":
+            data["images"] = [*images, images[0]]
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    res = run_train(["data=coco", f"data.root={root}", f"hydra.run.dir={tmp_path}/run"], tmp_path, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-3000:]
+    assert (
+        f"DataError: {root}/annotations/instances_train2017.json: image id 1 appears twice in 'images' "
+        "(entries 0 and 2); give each image a unique id\n"
+    ) in out
+    assert "Traceback" not in out
+    assert runs(tmp_path) == [] and not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.slow

@@ -1,8 +1,22 @@
 """COCO-format detection datasets: ``CocoDetection`` (one split) and the Hydra-facing ``CocoData``.
 
-Annotations are read with pycocotools. Crowd annotations (``iscrowd=1``) never become targets (the
-COCOeval scorer reads them from ``dataset.coco``); boxes with ``w < 1`` or ``h < 1`` are dropped.
-Category ids (COCO: 1..90 with gaps) map to contiguous labels ``0..num_classes-1`` in sorted-id order.
+The annotation JSON is read once, checked and cleaned by :mod:`cnet.data.validate`, then indexed by
+pycocotools (``dataset.coco``, also the COCOeval ground truth). Bad data, in short (that module's
+docstring has the full list; one log line per dataset gives the counts, ``dataset.counts`` holds them):
+
+* one-line :class:`cnet.errors.DataError` naming the file, the item and the fix: malformed JSON;
+  missing ``images`` / ``categories`` (and ``annotations`` for a training split) or a missing
+  ``id`` / ``file_name`` / ``width`` / ``height`` / ``image_id`` / ``category_id`` / ``bbox``;
+  duplicated image, category or annotation ids; a ``category_id`` not in ``categories``; a
+  training split without a usable box; an image file that is not in the image folder;
+* clipped (counted): boxes partly outside the image; dropped (counted): boxes wholly outside it,
+  boxes with zero or negative width or height, annotations whose ``image_id`` is not in ``images``;
+* not targets (counted, kept for COCOeval): crowd regions (``iscrowd=1``) and boxes with
+  ``w < 1`` or ``h < 1``; images without objects stay in evaluation splits (their detections are
+  false positives); an evaluation file without annotations only warns (its figures are -1).
+
+Category ids (COCO: 1..90 with gaps; 0 is fine) map to contiguous labels ``0..num_classes-1`` in
+sorted-id order.
 With ``with_masks`` the kept annotations' segmentations (polygons or RLE) are decoded to bitmaps and
 carried through the transform like the boxes (only a mask head needs them).
 """
@@ -22,6 +36,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 
 from cnet.data.synthetic import generate_synthetic
+from cnet.data.validate import check_image_files, load_annotation_file, log_counts, validate_coco
 from cnet.masks import decode_segmentation
 from cnet.types import GroundTruth, ImageMeta
 
@@ -41,7 +56,9 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Attributes: ``coco`` (pycocotools COCO), ``ann_file``, ``img_dir``, ``cat_ids`` (sorted),
     ``label_to_cat_id`` (list: label -> COCO id), ``cat_id_to_label`` (dict), ``num_classes``,
-    ``ids`` (image ids in dataset order), ``num_crowd`` / ``num_degenerate`` (dropped annotations),
+    ``ids`` (image ids in dataset order), ``counts`` (:class:`cnet.data.validate.AnnotationCounts`:
+    what was clipped, dropped or not used as a target), ``num_crowd`` / ``num_degenerate`` (its crowd
+    and under-1-px counts),
     ``with_masks`` (settable: decode the kept annotations' masks and pass them to the transform as
     ``masks=[N, H, W] bool``; the GroundTruth then carries them).
     """
@@ -54,7 +71,12 @@ class CocoDetection(torch.utils.data.Dataset):
         filter_empty: bool = False,
         seed: int = 0,
         with_masks: bool = False,
+        for_training: bool = False,
+        check_images: bool = True,
     ) -> None:
+        """``for_training``: a file without a usable box is an error (else a warning: evaluation
+        splits may be image-info files). ``check_images``: every listed image file must exist (one
+        directory listing; off where only the categories are needed)."""
         self.with_masks = bool(with_masks)
         self.img_dir = Path(img_dir).expanduser()
         self.ann_file = Path(ann_file).expanduser()
@@ -68,11 +90,14 @@ class CocoDetection(torch.utils.data.Dataset):
                 f"image folder {self.img_dir} not found; set data.root=/path/to/coco "
                 f"(expects the images in {self.img_dir.name}/ under the configured layout)"
             )
+        # read once, check, then index the cleaned dict (pycocotools would crash or silently
+        # overwrite on bad input: KeyError tracebacks, duplicated ids)
+        dataset, self.counts = validate_coco(load_annotation_file(self.ann_file), self.ann_file, for_training)
+        log_counts(self.counts, self.ann_file)
+        self.coco = COCO()
+        self.coco.dataset = dataset
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            try:
-                self.coco = COCO(str(self.ann_file))
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"cannot parse COCO annotation file {self.ann_file}: {err!r}") from err
+            self.coco.createIndex()
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
@@ -80,31 +105,25 @@ class CocoDetection(torch.utils.data.Dataset):
         self.label_to_cat_id: list[int] = list(self.cat_ids)
         self.cat_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.cat_ids)}
         self.num_classes = len(self.cat_ids)
-        self.num_crowd = 0
-        self.num_degenerate = 0
+        self.num_crowd = self.counts.crowd
+        self.num_degenerate = self.counts.degenerate
         self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._segms: dict[int, list[dict]] = {}  # the kept annotations, aligned with the boxes
         for img_id in sorted(self.coco.getImgIds()):
             self._targets[img_id] = self._load_targets(img_id)
         self.ids: list[int] = [i for i, (b, _) in self._targets.items() if len(b) or not filter_empty]
+        if check_images:  # now, not in the first batch: a missing file stops the run before it writes
+            check_image_files([self.coco.imgs[i] for i in self.ids], self.img_dir, self.ann_file)
 
     def _load_targets(self, img_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """(boxes [N, 4] float32 xyxy, labels [N] int64) of the non-crowd, non-degenerate annotations."""
+        """(boxes [N, 4] float32 xyxy, labels [N] int64) of the non-crowd, non-degenerate annotations
+        (validated: known category, inside the image, positive size)."""
         boxes, labels = [], []
         kept = self._segms.setdefault(img_id, [])
         for ann in self.coco.imgToAnns.get(img_id, []):
-            if ann.get("iscrowd", 0):
-                self.num_crowd += 1
-                continue
             x, y, w, h = ann["bbox"]
-            if w < 1 or h < 1:
-                self.num_degenerate += 1
+            if ann["iscrowd"] or w < 1 or h < 1:  # counted by validate_coco
                 continue
-            if ann["category_id"] not in self.cat_id_to_label:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {ann.get('id')} has category_id "
-                    f"{ann['category_id']} missing from 'categories'; fix the annotation file"
-                )
             boxes.append([x, y, x + w, y + h])
             kept.append(ann)
             labels.append(self.cat_id_to_label[ann["category_id"]])
@@ -190,11 +209,14 @@ class CocoData:
 
     def train_dataset(self, transform: Transform) -> CocoDetection:
         """Training split; images without any usable box are dropped when ``filter_empty_train``."""
-        return CocoDetection(self.train_images, self.train_ann, transform, self.filter_empty_train, self.seed)
+        return CocoDetection(
+            self.train_images, self.train_ann, transform, self.filter_empty_train, self.seed, for_training=True
+        )
 
-    def val_dataset(self, transform: Transform) -> CocoDetection:
-        """Validation split with every image kept (COCOeval needs them all)."""
-        return CocoDetection(self.val_images, self.val_ann, transform, False, self.seed)
+    def val_dataset(self, transform: Transform, check_images: bool = True) -> CocoDetection:
+        """Validation split with every image kept (COCOeval needs them all); ``check_images=False``
+        when only its categories are needed."""
+        return CocoDetection(self.val_images, self.val_ann, transform, False, self.seed, check_images=check_images)
 
 
 class SyntheticData(CocoData):

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt, run_dir = resolve_source(args.checkpoint)
     files = list_images(args.images)
     cfg = source_config(run_dir, [*args.overrides, "test.matching_only=false"])
-    evaluation = build_evaluation(cfg, args.ann)
+    evaluation = build_evaluation(cfg, args.ann, check_images=False)  # only the class names are used
     evaluation.load(TrainState.load(ckpt), ckpt)
     dataset = next(iter(evaluation.val_sets.values()))
     names = [dataset.coco.cats[c]["name"] for c in dataset.label_to_cat_id]
