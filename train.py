@@ -154,9 +154,9 @@ def track_and_fit(cfg: DictConfig, hc: Any, out_dir: Path, run: Run) -> float:
             tracker.log_dataset(data, run.train_annotations, "train")
         metrics = run.fit(tracker)
         tracker.set_tags({"mlflow.note.content": describe(cfg, choices, data, run.batch, metrics)})
-        # at the artifact root (what MLflow's compare view lines up): config and results files
+        # at the artifact root (what MLflow's compare view lines up): config, results and error categories
         tracker.log_artifact(str(out_dir / ".hydra" / "config.yaml"))
-        for results in sorted(out_dir.glob("results_*.json")):
+        for results in sorted([*out_dir.glob("results_*.json"), *out_dir.glob("mispairs_*.json")]):
             tracker.log_artifact(str(results))
         tracker.log_artifacts(str(out_dir / ".hydra"), "hydra")
     write_job_status(out_dir, "FINISHED", tracker.run_id)

@@ -111,9 +111,7 @@ def build_evaluation(
         folder = img_dir if img_dir is not None else ann_file.parent
         val_sets = {"bbox": CocoDetection(folder, ann_file, transform, check_images=check_images)}
     else:
-        val_sets = {"bbox": instantiate(cfg.data.source).val_dataset(transform, check_images)}
-        for name, source in cfg.data.extra_val.items():
-            val_sets[f"{name}_bbox"] = instantiate(source).val_dataset(transform, check_images)
+        val_sets = build_val_sets(cfg, check_images)
     return Evaluation(
         val_sets,
         backbone=instantiate(cfg.backbone),
@@ -123,6 +121,16 @@ def build_evaluation(
         device=cfg.device,
         num_workers=int(cfg.trainer.num_workers),
     )
+
+
+def build_val_sets(cfg: DictConfig, check_images: bool = True) -> dict[str, CocoDetection]:
+    """The run's evaluation splits by figure prefix: ``bbox`` (its val split) and ``<name>_bbox`` per
+    ``data.extra_val`` entry (e.g. ``crowd_bbox``), with the run's test transform."""
+    transform = instantiate(cfg.data.test_transform)
+    val_sets = {"bbox": instantiate(cfg.data.source).val_dataset(transform, check_images)}
+    for name, source in cfg.data.extra_val.items():
+        val_sets[f"{name}_bbox"] = instantiate(source).val_dataset(transform, check_images)
+    return val_sets
 
 
 # what a bad config file or node raises (tools turn these into one-line errors)

@@ -293,7 +293,7 @@ def test_empty_store_prints_the_papers_numbers_and_not_run(table, tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ, PYTHONPATH=str(ROOT), CNET_CACHE_DIR=str(out.parent / "cache")),
     )
     assert res.returncode == 0, res.stderr
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "paper" not in line]
@@ -374,7 +374,7 @@ def report_csv(table: str, uri: str, out: Path, *extra: str) -> pd.DataFrame:
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ, PYTHONPATH=str(ROOT), CNET_CACHE_DIR=str(out.parent / "cache")),
     )
     assert res.returncode == 0, res.stderr
     assert (out / f"{table}.csv").read_text() == res.stdout
@@ -428,6 +428,13 @@ def test_table4_from_real_runs_in_sqlite(store):
     check_table4_cells(frame, runs)
     md = (tmp / "reports" / "table4.md").read_text()
     assert "ours on SYNTHETIC data, tiny backbone, 1-epoch schedule: not a COCO reproduction" in md
+    # the picture: one crowd image per row that has a run (two here), from the runs' own files
+    from PIL import Image
+
+    from cnet.tools.mispair_figure import TITLE_H
+
+    with Image.open(tmp / "reports" / "table4_mispairs.png") as figure:
+        assert figure.width == 2 * (figure.height - 24 - TITLE_H)  # square synthetic images, side by side
     # --sweep-id keeps the runs tagged with it (computed from the tags: jobs of one sweep may differ)
     sweep_id = runs.loc[runs["tags.matching"] == "centripetal", "tags.sweep_id"].iloc[0]
     only = report_csv("table4", uri, tmp / "by_sweep", "--experiment", "cnet-table4", "--sweep-id", sweep_id)

@@ -115,10 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     table = build_table(spec, runs, history_last_epoch(uri))
     texts = render.write_all(table, args.out_dir)
     print(texts[args.format], end="")
-    print(
-        f"wrote {', '.join(str(args.out_dir / f'{spec.key}.{ext}') for ext in ('md', 'csv', 'tex', 'png'))}",
-        file=sys.stderr,
-    )
+    written = [args.out_dir / f"{spec.key}.{ext}" for ext in ("md", "csv", "tex", "png")]
+    if spec.mispair_figure:
+        from cnet.tools.mispair_figure import write_mispair_figure  # torch and Hydra: only here
+
+        by_id = {str(r["run_id"]): r for r in runs.to_dict("records")}
+        rows = [(row.name, by_id[cell.used[0].run_id]) for row, cell in zip(spec.rows, table.cells) if cell.used]
+        figure = write_mispair_figure(rows, spec.mispair_figure, args.out_dir / f"{spec.key}_mispairs.png", uri)
+        written += [figure] if figure else []
+    print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
     return 0
 
 

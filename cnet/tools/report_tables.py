@@ -67,6 +67,7 @@ class TableSpec:
     rows: tuple[RowSpec, ...]
     extra_metrics: tuple[str, ...] = ()  # ours-only columns, logged as metrics.<name>
     metric: str = "bbox"  # our columns are metrics.<metric>_<AP...>: bbox, or segm for mask AP
+    mispair_figure: str | None = None  # a split (e.g. crowd_bbox): draw its mispairs per row
 
     def paper_epochs(self, row: RowSpec) -> int:
         """The schedule length (epochs) the paper used for ``row``."""
@@ -177,6 +178,7 @@ def load_spec(table: str, experiments_dir: Path = EXPERIMENTS_DIR) -> TableSpec:
         rows=tuple(rows),
         extra_metrics=tuple(str(m) for m in raw.get("extra_metrics", ())),
         metric=_metric_kind(path, raw.get("metric", "bbox")),
+        mispair_figure=None if raw.get("mispair_figure") is None else str(raw["mispair_figure"]),
     )
 
 
