@@ -293,7 +293,7 @@ def test_empty_store_prints_the_papers_numbers_and_not_run(table, tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(ROOT), CNET_CACHE_DIR=str(out.parent / "cache")),
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     assert res.returncode == 0, res.stderr
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "paper" not in line]
