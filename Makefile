@@ -42,11 +42,13 @@ mutants: $(STAMP)
 	$(PY) tests/mutation/run.py
 
 # decode: median of 5 after a warm-up; adaption at COCO scale: one timed run (deformable-conv
-# backward takes minutes per module on a CPU); training images/s with 1 and 2 CPU processes.
+# backward takes minutes per module on a CPU); training images/s with 1 and 2 CPU processes; data
+# pipeline images/s at crop 511 on coco_tiny, one process one thread (--root for another COCO folder).
 # On a GPU: `.venv/bin/python -m cnet.tools.bench --device cuda` and `-m cnet.tools.bench_train --device cuda`
 bench: $(STAMP)
 	$(PY) -m cnet.tools.bench --repeats 5 --adaption-repeats 1
 	$(PY) -m cnet.tools.bench_train --device cpu
+	$(PY) -m cnet.tools.bench_data
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --port 5000

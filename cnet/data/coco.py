@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 from torch import Tensor
 
+from cnet.data.image_io import read_rgb
 from cnet.data.synthetic import generate_synthetic
 from cnet.data.validate import check_image_files, load_annotation_file, log_counts, validate_coco
 from cnet.masks import decode_segmentation
@@ -137,16 +137,13 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.ids)
 
     def load_image(self, index: int) -> np.ndarray:
-        """The image of dataset item ``index`` as [H, W, 3] uint8 RGB; errors name the file."""
+        """The image of dataset item ``index`` as [H, W, 3] uint8 RGB (see :func:`read_rgb`: stored pixel
+        grid, EXIF orientation ignored); errors name the file."""
         info = self.coco.imgs[self.ids[index]]
         path = self.img_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {path} (id {info['id']}) listed in {self.ann_file} is missing")
-        try:
-            with Image.open(path) as im:
-                return np.array(im.convert("RGB"))  # writable, unlike np.asarray(PIL image)
-        except (OSError, ValueError, SyntaxError) as err:
-            raise OSError(f"cannot read image {path}: {err}; the file is corrupt or not an image") from err
+        return read_rgb(path)  # one-line OSError naming the file when unreadable
 
     def __getitem__(self, index: int) -> tuple[Tensor, GroundTruth, ImageMeta]:
         img_id = self.ids[index]

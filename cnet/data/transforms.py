@@ -3,21 +3,53 @@
 Images enter as ``np.ndarray [H, W, 3] uint8 RGB``; boxes as ``[N, 4] float32 xyxy`` in image pixels.
 Transforms return ``(image [3, H', W'] float32 normalized RGB, GroundTruth, ImageMeta)`` with boxes in
 network-input pixels. ``ImageMeta.image_id`` is -1 here; the dataset fills it in.
+
+TrainTransform works on the crop window only, in float32 (issue #14: about 7x the images/s of
+distorting and padding the whole image in numpy; reports/bench_data.md): the window is cut from the
+uint8 image, distorted (:mod:`cnet.data.photometric`), padded with the mean (cv2.copyMakeBorder),
+resized (cv2.resize: F.interpolate's bilinear rule, align_corners=False) and split into normalized
+planes, all in reused per-thread work buffers (fresh multi-MB arrays cost as much in page faults as
+the arithmetic). Its rng draws, crops, boxes, masks and flips are the original implementation's;
+pixels differ by float rounding only (tests/data/test_transform_equivalence.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cnet.data.photometric import (
+    Photometric,
+    Scratch,
+    distort,
+    draw_photometric,
+    hsv_to_rgb,
+    photometric_distort,
+    rgb_to_hsv,
+)
 from cnet.types import GroundTruth, ImageMeta
+
+__all__ = [
+    "MEAN_RGB",
+    "STD_RGB",
+    "TestTransform",
+    "TrainTransform",
+    "corner_border",
+    "hsv_to_rgb",
+    "photometric_distort",
+    "rgb_to_hsv",
+]
 
 MEAN_RGB = (123.675, 116.28, 103.53)
 STD_RGB = (58.395, 57.12, 57.375)
+
+# TrainTransform's work buffers (per thread; module level so the transform pickles to workers as is)
+_SCRATCH = Scratch()
 
 
 def corner_border(border: int, size: int) -> int:
@@ -30,59 +62,6 @@ def corner_border(border: int, size: int) -> int:
     while size - border // i <= border // i:
         i *= 2
     return border // i
-
-
-def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    """[..., 3] RGB in 0..255 -> [..., 3] HSV with H in degrees [0, 360), S in [0, 1], V in 0..255."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    v = rgb.max(-1)
-    delta = v - rgb.min(-1)
-    s = np.where(v > 0, delta / np.maximum(v, 1e-12), 0.0)
-    d = np.maximum(delta, 1e-12)
-    h = np.where(v == r, (g - b) / d, np.where(v == g, 2 + (b - r) / d, 4 + (r - g) / d))
-    h = np.where(delta > 0, (60 * h) % 360, 0.0)
-    return np.stack([h, s, v], -1).astype(rgb.dtype)
-
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_hsv`: [..., 3] HSV (H degrees, S 0..1, V 0..255) -> RGB 0..255."""
-    h, s, v = hsv[..., 0] / 60, hsv[..., 1], hsv[..., 2]
-    channels = []
-    for n in (5, 3, 1):  # the closed form f(n) = V - V S max(0, min(k, 4 - k, 1)), k = (n + H/60) mod 6
-        k = (n + h) % 6
-        channels.append(v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1))
-    return np.stack(channels, -1).astype(hsv.dtype)
-
-
-def photometric_distort(image: np.ndarray, rng: np.random.Generator, channel_swap_prob: float = 0.5) -> np.ndarray:
-    """mmdet PhotoMetricDistortion on float RGB [H, W, 3] in 0..255; returns float32 [H, W, 3].
-
-    Each step has p = 0.5: brightness +U(-32, 32); contrast x U(0.5, 1.5), randomly before or after
-    the HSV steps; saturation x U(0.5, 1.5); hue + U(-18, 18) degrees; then a random channel
-    permutation with ``channel_swap_prob``. Values are clipped to [0, 255] after every step (mmdet
-    does not clip; clipping keeps the HSV round trip well defined).
-    """
-    img = image.astype(np.float32)
-    contrast_last = rng.random() < 0.5
-    alpha = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
-    if rng.random() < 0.5:
-        img = np.clip(img + rng.uniform(-32, 32), 0, 255)
-    if alpha is not None and not contrast_last:
-        img = np.clip(img * alpha, 0, 255)
-    saturation = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
-    hue = rng.uniform(-18, 18) if rng.random() < 0.5 else None
-    if saturation is not None or hue is not None:
-        hsv = rgb_to_hsv(img)
-        if saturation is not None:
-            hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 1)
-        if hue is not None:
-            hsv[..., 0] = (hsv[..., 0] + hue) % 360
-        img = np.clip(hsv_to_rgb(hsv), 0, 255)
-    if alpha is not None and contrast_last:
-        img = np.clip(img * alpha, 0, 255)
-    if rng.random() < channel_swap_prob:
-        img = img[..., rng.permutation(3)]
-    return np.ascontiguousarray(img, dtype=np.float32)
 
 
 def _normalize(image: np.ndarray, mean: Tensor, std: Tensor) -> Tensor:
@@ -111,6 +90,7 @@ class TrainTransform:
     describe the crop + resize without the flip (informational; training does not use them).
     Instance ``masks`` [N, H, W] bool, when given, go through the same crop, selection, resize
     (bilinear, >= 0.5) and flip as the boxes and come out as ``GroundTruth.masks`` [N', S, S].
+    The rng is drawn in a fixed order: photometric parameters, crop, flip.
     """
 
     def __init__(
@@ -134,6 +114,9 @@ class TrainTransform:
         self.channel_swap_prob = float(channel_swap_prob)
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
+        # float32 like the tensors; copies, not .numpy() views: pickling a transform to a spawned
+        # DataLoader worker moves the tensors' storage to shared memory and would leave views dangling
+        self._mean_np, self._std_np = np.array(mean, dtype=np.float32), np.array(std, dtype=np.float32)
 
     def __call__(
         self,
@@ -144,14 +127,18 @@ class TrainTransform:
         masks: np.ndarray | None = None,
     ) -> tuple[Tensor, GroundTruth, ImageMeta]:
         """Augment one image; see the class docstring. ``rng`` drives every random choice."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise TypeError(f"TrainTransform: expects a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        img = photometric_distort(image, rng, self.channel_swap_prob) if self.photometric else image.astype(np.float32)
+        # rng order of the original: photometric draws, crop draws, flip draw
+        photo = draw_photometric(rng, self.channel_swap_prob) if self.photometric else None
         cx, cy, side = self._choose_crop(h, w, boxes, rng)
-        canvas, shift_x, shift_y = self._crop(img, cx, cy, side)
+        half = side // 2
+        shift_x, shift_y = half - cx, half - cy  # canvas x = image x + shift_x
 
-        inside = _centres_in_patch(boxes, cx, cy, side // 2, h, w)
+        inside = _centres_in_patch(boxes, cx, cy, half, h, w)
         boxes, labels = boxes[inside] + [shift_x, shift_y, shift_x, shift_y], labels[inside]
         boxes = boxes.clip(0, side)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
@@ -160,23 +147,73 @@ class TrainTransform:
 
         s = self.crop_size
         scale = s / side
-        t = _normalize(canvas, self.mean, self.std)
-        t = F.interpolate(t[None], size=(s, s), mode="bilinear", align_corners=False)[0]
+        perm = photo.perm if photo is not None and photo.perm is not None else (0, 1, 2)
+        canvas = self._canvas(image, photo, perm, cx, cy, side)
+        if side != s:  # same half-pixel-centre bilinear rule as F.interpolate(align_corners=False)
+            canvas = cv2.resize(canvas, (s, s), dst=_SCRATCH.get("d", (s, s, 3)), interpolation=cv2.INTER_LINEAR)
+        flip = bool(rng.random() < self.flip_prob)
+        t = self._to_chw(canvas, perm, flip)
         gt_boxes = torch.from_numpy(np.ascontiguousarray(boxes * scale, dtype=np.float32))
         if gt_masks is not None:  # [N, side, side] -> [N, S, S], resampled like the image
             resized = F.interpolate(gt_masks[None].float(), size=(s, s), mode="bilinear", align_corners=False)
             gt_masks = resized[0] >= 0.5
-        if rng.random() < self.flip_prob:
-            t = t.flip(-1)
+        if flip:
             gt_boxes = torch.stack([s - gt_boxes[:, 2], gt_boxes[:, 1], s - gt_boxes[:, 0], gt_boxes[:, 3]], 1)
             gt_masks = None if gt_masks is None else gt_masks.flip(-1)
         meta = ImageMeta(
             image_id=-1, orig_size=(h, w), input_size=(s, s), border=(shift_y * scale, shift_x * scale), scale=scale
         )
-        return t.contiguous(), GroundTruth(gt_boxes.reshape(-1, 4), torch.from_numpy(labels), gt_masks), meta
+        return t, GroundTruth(gt_boxes.reshape(-1, 4), torch.from_numpy(labels), gt_masks), meta
+
+    def _canvas(
+        self, image: np.ndarray, photo: Photometric | None, perm: tuple[int, int, int], cx: int, cy: int, side: int
+    ) -> np.ndarray:
+        """float32 [side, side, 3] in 0..255: the distorted window image[cy - side//2 : cy + side//2,
+        cx - side//2 : cx + side//2] (clipped to the image) centred on a mean-filled square.
+
+        Only the window is distorted (every photometric step is per pixel). Channels stay in image
+        order; the fill is the mean permuted by ``perm``'s inverse, so that :meth:`_to_chw`'s
+        channel selection turns the pixels into the permuted image and the fill into the mean.
+        The result is a work buffer, valid until the next call in this thread.
+        """
+        h, w = image.shape[:2]
+        half = side // 2
+        x0, x1, y0, y1 = max(cx - half, 0), min(cx + half, w), max(cy - half, 0), min(cy + half, h)
+        fill = [0.0, 0.0, 0.0]
+        for i, c in enumerate(perm):
+            fill[c] = float(self._mean_np[i])
+        canvas = _SCRATCH.get("c", (side, side, 3))
+        if x1 <= x0 or y1 <= y0:
+            canvas[:] = fill
+            return canvas
+        region = image[y0:y1, x0:x1]
+        if photo is not None:
+            pix = distort(region, photo, _SCRATCH)
+        else:
+            pix = _SCRATCH.get("a", region.shape)
+            np.copyto(pix, region)
+        top, left = y0 + half - cy, x0 + half - cx
+        bottom, right = side - (y1 + half - cy), side - (x1 + half - cx)
+        return cv2.copyMakeBorder(pix, top, bottom, left, right, cv2.BORDER_CONSTANT, dst=canvas, value=fill)
+
+    def _to_chw(self, canvas: np.ndarray, perm: tuple[int, int, int], flip: bool) -> Tensor:
+        """float32 [S, S, 3] -> fresh [3, S, S] ``(canvas[..., perm[i]] - mean[i]) / std[i]``, mirrored
+        in x when ``flip``. cv2.split writes the planes straight into the output (a third of the cost
+        of a strided numpy or torch permute copy); the normalization then runs on contiguous planes."""
+        s_h, s_w = canvas.shape[:2]
+        out = np.empty((3, s_h, s_w), dtype=np.float32)
+        src = cv2.flip(canvas, 1, dst=_SCRATCH.get("e", canvas.shape)) if flip else canvas
+        planes = [out[perm.index(c)] for c in range(3)]  # canvas channel c -> output plane perm⁻¹(c)
+        written = cv2.split(src, planes)
+        if any(a is not b for a, b in zip(written, planes)):  # OpenCV allocated instead of filling `out`
+            for a, b in zip(written, planes):
+                b[...] = a
+        out -= self._mean_np[:, None, None]
+        out /= self._std_np[:, None, None]
+        return torch.from_numpy(out)
 
     def _crop_masks(self, masks: np.ndarray, cx: int, cy: int, side: int) -> Tensor:
-        """bool [N, H, W] -> bool [N, side, side]: the same window as :meth:`_crop`, empty outside."""
+        """bool [N, H, W] -> bool [N, side, side]: the same window as :meth:`_canvas`, empty outside."""
         h, w = masks.shape[1:]
         half = side // 2
         x0, x1, y0, y1 = max(cx - half, 0), min(cx + half, w), max(cy - half, 0), min(cy + half, h)
@@ -205,20 +242,6 @@ class TrainTransform:
                     return cx, cy, side
         k = int(rng.integers(len(boxes)))
         return int((boxes[k, 0] + boxes[k, 2]) / 2), int((boxes[k, 1] + boxes[k, 3]) / 2), side
-
-    def _crop(self, img: np.ndarray, cx: int, cy: int, side: int) -> tuple[np.ndarray, int, int]:
-        """Paste img[cy - side//2 : cy + side//2, cx - side//2 : cx + side//2] (clipped to the image)
-        at the centre of a mean-filled [side, side, 3] canvas; return (canvas, shift_x, shift_y),
-        where canvas x = image x + shift_x."""
-        h, w = img.shape[:2]
-        half = side // 2
-        x0, x1, y0, y1 = max(cx - half, 0), min(cx + half, w), max(cy - half, 0), min(cy + half, h)
-        canvas = np.empty((side, side, 3), dtype=np.float32)
-        canvas[:] = self.mean.numpy()
-        shift_x, shift_y = half - cx, half - cy
-        if x1 > x0 and y1 > y0:
-            canvas[y0 + shift_y : y1 + shift_y, x0 + shift_x : x1 + shift_x] = img[y0:y1, x0:x1]
-        return canvas, shift_x, shift_y
 
 
 class TestTransform:

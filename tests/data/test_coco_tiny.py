@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from cnet.data import CocoData, TestTransform, TrainTransform, unpad_boxes
+from tests.data.paths import find_coco_tiny
 
-COCO_TINY = Path(__file__).parents[2].parent / "shared/data/coco_tiny"
+COCO_TINY = find_coco_tiny() or Path(__file__).parents[2].parent / "shared/data/coco_tiny"
 
 pytestmark = pytest.mark.skipif(
     not COCO_TINY.is_dir(), reason=f"coco_tiny not found at {COCO_TINY} (real-COCO tests need it)"

@@ -39,6 +39,22 @@ MUTANTS: list[Mutant] = [
         "left, top = in_h // 2 - h // 2, in_w // 2 - w // 2",
         ("tests/data/test_transforms.py",),
     ),
+    Mutant(
+        "hue_shift_left_negative",  # OpenCV's HSV2RGB does not wrap H below 0
+        "data transforms",
+        "cnet/data/photometric.py",
+        "hue = 0.0 if p.hue is None else (p.hue if p.hue >= 0 else p.hue + 360)",
+        "hue = 0.0 if p.hue is None else p.hue",
+        ("tests/data/test_photometric.py",),
+    ),
+    Mutant(
+        "channel_swap_fill_not_inverted",
+        "data transforms",
+        "cnet/data/transforms.py",
+        "fill[c] = float(self._mean_np[i])",
+        "fill[i] = float(self._mean_np[i])",
+        ("tests/data/test_transform_equivalence.py",),
+    ),
     # --- targets
     Mutant(
         "corner_cell_rounds",
