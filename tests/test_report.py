@@ -170,6 +170,7 @@ def test_a_short_sweep_fills_the_rows_of_each_paper_schedule_and_the_title_says_
     used = [[ref.run_id for ref in cell.used] for cell in table.cells]
     assert used == [[], [], ["short"], [], ["long"], []]  # rows 3 and 5: centripetal + cross_star, no mask
     assert table.title.endswith("ours on SYNTHETIC data, tiny backbone, 6/12-epoch schedule: not a COCO reproduction")
+    assert [spec.epoch_label(r) for r in spec.rows] == ["110 (ours 6)"] * 4 + ["210 (ours 12)"] * 2
     with pytest.raises(ValueError, match="table table6 has rows of \\[110, 210\\] epochs, not \\[100\\]"):
         remap_epochs(spec, {100: 5})
     with pytest.raises(ValueError, match="expected PAPER=OURS"):

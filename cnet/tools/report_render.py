@@ -58,7 +58,7 @@ def body(table: Table) -> list[list[str]]:
     """One list of printed cells per row, aligned with :func:`header`."""
     lines = []
     for row, cell in zip(table.spec.rows, table.cells):
-        line = [row.name] + ([str(table.spec.paper_epochs(row))] if _has_epoch(table) else [])
+        line = [row.name] + ([table.spec.epoch_label(row)] if _has_epoch(table) else [])
         for m in METRICS:
             line += [ours_text(cell, m), f"{row.paper[m]:.1f}", diff_text(cell, m, row.paper[m])]
         line += [ours_text(cell, x) for x in table.extra_metrics]
@@ -70,7 +70,7 @@ def provenance_lines(table: Table) -> list[str]:
     """One line per row: the runs behind our cell (or why there is none), and notes."""
     lines = []
     for row, cell in zip(table.spec.rows, table.cells):
-        name = row.name + (f" ({table.spec.paper_epochs(row)} ep)" if _has_epoch(table) else "")
+        name = row.name + (f" ({table.spec.epoch_label(row)} ep)" if _has_epoch(table) else "")
         parts = []
         for r in cell.used:
             parts.append(
@@ -202,9 +202,7 @@ def to_png(table: Table, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [
-        row.name + (f"\n{table.spec.paper_epochs(row)} ep" if _has_epoch(table) else "") for row in table.spec.rows
-    ]
+    names = [row.name + (f"\n{table.spec.epoch_label(row)} ep" if _has_epoch(table) else "") for row in table.spec.rows]
     paper = [row.paper["AP"] for row in table.spec.rows]
     x = range(len(names))
     width = 0.38

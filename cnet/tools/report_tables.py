@@ -73,6 +73,11 @@ class TableSpec:
         """The schedule length (epochs) the paper used for ``row``."""
         return int(row.epochs if row.epochs is not None else self.setting["epochs"])
 
+    def epoch_label(self, row: RowSpec) -> str:
+        """``"110"``, or ``"110 (ours 6)"`` when a shorter schedule stands in (``remap_epochs``)."""
+        ours = "" if row.run_epochs is None else f" (ours {row.run_epochs})"
+        return f"{self.paper_epochs(row)}{ours}"
+
 
 @dataclass(frozen=True)
 class RunRef:
