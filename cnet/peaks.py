@@ -10,10 +10,11 @@ included, depends only on the first k cells and the cells that enter, so removin
 enter (keeping the order) changes nothing. The row handed to ``topk`` here is:
 
 * the "head": the exact suppressed map of the fewest whole classes holding >= k cells;
-* then, class range by class range (each ``_STAGE_GROWTH`` times the classes before it), the
-  cells above a floor that are local maxima. The floor is the k-th largest suppressed value found
-  so far, a subset's, so at most the heap's minimum when the range starts: every cell left out is
-  <= the floor or suppressed to 0, and 0 never enters a heap of values >= 0;
+* then, class range by class range (first as many classes as the head, then each range
+  ``_STAGE_GROWTH`` times the classes before it), the cells above a floor that are local maxima.
+  The floor is the k-th largest suppressed value found so far, a subset's, so at most the heap's
+  minimum when the range starts: every cell left out is <= the floor or suppressed to 0, and 0
+  never enters a heap of values >= 0;
 * zeros at the end, so the row keeps ``64 k <= n'`` (the same heap-selection algorithm).
 
 A cell above the floor is tested by gathering its k x k window, clamped at the border (a clamped
@@ -65,7 +66,7 @@ def peak_topk(heat: Tensor, k: int, kernel: int = 3) -> tuple[Tensor, Tensor]:
     found: list[tuple[Tensor, Tensor, Tensor]] = []  # per stage: rows, flat positions, values [N]
     start = head
     while start < c:  # stages of growing class ranges, each against the floor of all before it
-        stop = min(c, start * _STAGE_GROWTH)
+        stop = min(c, start * _STAGE_GROWTH if start > head else 2 * head)  # the head's floor is weakest
         lo, hi = (start - head) * hw // bs, (stop - head) * hw // bs  # the stage's blocks
         rows, blk, col = _cells_above(blocks, block_max, best[:, -1:], lo, hi)
         pos = head * hw + blk * bs + col
