@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from cnet.matching.base import Matching
-from cnet.ops import local_maxima, topk_cells
+from cnet.peaks import topk_peaks
 from cnet.types import Corners, Grid
 
 
@@ -53,7 +53,7 @@ def decode_candidates(
 ) -> list[Candidates]:
     """One level's maps (``tl_heat``/``br_heat`` [B, C, H, W] logits, offsets, matching maps) ->
     per image the best ``num_dets`` scored pairs, boxes in input pixels, sorted by score."""
-    tl = Corners(*topk_cells(local_maxima(level["tl_heat"].sigmoid(), kernel), level["tl_off"], corner_topk))
-    br = Corners(*topk_cells(local_maxima(level["br_heat"].sigmoid(), kernel), level["br_off"], corner_topk))
+    tl = Corners(*topk_peaks(level["tl_heat"].sigmoid(), level["tl_off"], corner_topk, kernel))
+    br = Corners(*topk_peaks(level["br_heat"].sigmoid(), level["br_off"], corner_topk, kernel))
     scores, _ = matching.pair(level, tl, br, grid)
     return pair_candidates(scores, tl, br, grid, num_dets)

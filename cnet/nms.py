@@ -65,14 +65,14 @@ def soft_nms(
     num_cls = int(cls_idx[-1]) + 1
     dtype = torch.promote_types(boxes.dtype, torch.float32)
     device = scores.device
-    # Padded per-class layout [C, Nmax, 5]: x1, y1, x2, y2, area (area precomputed once).
-    pad_geo = torch.zeros((num_cls, n_max, 5), dtype=dtype, device=device)
+    # Padded per-class layout, one contiguous [C, Nmax] plane each: x1, y1, x2, y2, area.
+    pad_geo = torch.zeros((5, num_cls, n_max), dtype=dtype, device=device)
     sorted_boxes = boxes[order].to(dtype)
-    pad_geo[cls_idx, rank, :4] = sorted_boxes
-    pad_geo[cls_idx, rank, 4] = (sorted_boxes[:, 2] - sorted_boxes[:, 0]).clamp(min=0) * (
+    pad_geo[:4, cls_idx, rank] = sorted_boxes.T
+    pad_geo[4, cls_idx, rank] = (sorted_boxes[:, 2] - sorted_boxes[:, 0]).clamp(min=0) * (
         sorted_boxes[:, 3] - sorted_boxes[:, 1]
     ).clamp(min=0)
-    x1, y1, x2, y2, area = pad_geo.unbind(-1)  # each [C, Nmax]
+    x1, y1, x2, y2, area = pad_geo.unbind(0)  # each [C, Nmax]
     # Dead and padded slots hold -inf, so a row max is the best alive box of that class.
     pad_scores = torch.full((num_cls, n_max), float("-inf"), dtype=dtype, device=device)
     pad_scores[cls_idx, rank] = scores[order].to(dtype)
@@ -83,6 +83,7 @@ def soft_nms(
     tiny = torch.finfo(dtype).tiny
     pick_scores: list[Tensor] = []  # each [C]; -inf where the class had nothing left
     pick_src: list[Tensor] = []  # each [C]
+    best = neg_inf.expand(max_dets)  # [max_dets] the best picks so far (-inf until there are enough)
     for it in range(n_max):
         top_score, top_col = pad_scores.max(dim=1)  # [C], [C]
         col = top_col[:, None]  # [C, 1]
@@ -90,7 +91,7 @@ def soft_nms(
         pick_src.append(pad_src.gather(1, col)[:, 0])
         pad_scores.scatter_(1, col, float("-inf"))
 
-        px1, py1, px2, py2, parea = pad_geo.gather(1, col[:, :, None].expand(-1, 1, 5)).unbind(-1)  # [C, 1]
+        px1, py1, px2, py2, parea = pad_geo.gather(2, col[None].expand(5, -1, -1)).unbind(0)  # [C, 1]
         iw = (torch.minimum(x2, px2) - torch.maximum(x1, px1)).clamp_(min=0)
         ih = (torch.minimum(y2, py2) - torch.maximum(y1, py1)).clamp_(min=0)
         inter = iw * ih
@@ -101,11 +102,9 @@ def soft_nms(
 
         # Picked scores never increase within a class: stop once the max_dets-th best pick
         # beats everything alive. Checked every few rounds to limit host syncs.
-        # (-inf padding makes kth -inf until max_dets real picks exist.)
         if it % _STOP_CHECK_EVERY == _STOP_CHECK_EVERY - 1:
-            picked = torch.cat(pick_scores + [neg_inf.expand(max_dets)])
-            kth = torch.topk(picked, max_dets).values[-1]
-            if bool(kth >= pad_scores.max()):
+            best = torch.topk(torch.cat([best, *pick_scores[-_STOP_CHECK_EVERY:]]), max_dets).values
+            if bool(best[-1] >= pad_scores.max()):
                 break
 
     all_scores = torch.cat(pick_scores)

@@ -51,8 +51,16 @@ def topk_cells(heat: Tensor, off: Tensor, k: int) -> tuple[Tensor, Tensor, Tenso
     (map units). ``cnet.types.Corners(*topk_cells(...))`` wraps them.
     """
     b, c, h, w = heat.shape
-    k = min(k, c * h * w)
-    scores, idx = heat.reshape(b, -1).topk(k)  # [B, K]
+    scores, idx = heat.reshape(b, -1).topk(min(k, c * h * w))  # [B, K]
+    return cells_from_flat(scores, idx, heat, off)
+
+
+def cells_from_flat(
+    scores: Tensor, idx: Tensor, heat: Tensor, off: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Flat [B, K] indices ``idx`` into ``heat`` [B, C, H, W] with their ``scores`` [B, K] ->
+    ``(scores, classes, inds, xs, ys)`` as returned by :func:`topk_cells`."""
+    h, w = heat.shape[-2:]
     classes = idx // (h * w)
     inds = idx % (h * w)
     offsets = gather_at(off, inds)  # [B, K, 2]

@@ -118,3 +118,98 @@ def test_soft_nms_cuda_matches_cpu():
     assert all(g.is_cuda for g in gpu)
     for c, g in zip(cpu, gpu):
         torch.testing.assert_close(g.cpu(), c)
+
+
+# --- bit-for-bit identity with the implementation before the [5, C, Nmax] planes and the running
+# early-stop buffer (cnet/nms.py at 58c5094), kept as a reference
+
+
+def _group_by_class_before(labels):
+    order = torch.argsort(labels, stable=True)
+    _, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    cls_idx = torch.repeat_interleave(torch.arange(counts.numel(), device=labels.device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(labels.numel(), device=labels.device) - starts[cls_idx]
+    return order, cls_idx, rank, int(counts.max())
+
+
+def _soft_nms_before(boxes, scores, labels, sigma=0.5, min_score=1e-3, max_dets=100):
+    valid = scores >= min_score
+    boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
+    if scores.numel() == 0 or max_dets <= 0:
+        return boxes.new_zeros((0, 4)), scores.new_zeros((0,)), labels.new_zeros((0,))
+    order, cls_idx, rank, n_max = _group_by_class_before(labels)
+    num_cls = int(cls_idx[-1]) + 1
+    dtype = torch.promote_types(boxes.dtype, torch.float32)
+    pad_geo = torch.zeros((num_cls, n_max, 5), dtype=dtype)
+    sorted_boxes = boxes[order].to(dtype)
+    pad_geo[cls_idx, rank, :4] = sorted_boxes
+    pad_geo[cls_idx, rank, 4] = (sorted_boxes[:, 2] - sorted_boxes[:, 0]).clamp(min=0) * (
+        sorted_boxes[:, 3] - sorted_boxes[:, 1]
+    ).clamp(min=0)
+    x1, y1, x2, y2, area = pad_geo.unbind(-1)
+    pad_scores = torch.full((num_cls, n_max), float("-inf"), dtype=dtype)
+    pad_scores[cls_idx, rank] = scores[order].to(dtype)
+    pad_src = torch.full((num_cls, n_max), -1, dtype=torch.long)
+    pad_src[cls_idx, rank] = order
+    neg_inf = torch.tensor(float("-inf"), dtype=dtype)
+    tiny = torch.finfo(dtype).tiny
+    pick_scores, pick_src = [], []
+    for it in range(n_max):
+        top_score, top_col = pad_scores.max(dim=1)
+        col = top_col[:, None]
+        pick_scores.append(top_score)
+        pick_src.append(pad_src.gather(1, col)[:, 0])
+        pad_scores.scatter_(1, col, float("-inf"))
+        px1, py1, px2, py2, parea = pad_geo.gather(1, col[:, :, None].expand(-1, 1, 5)).unbind(-1)
+        iw = (torch.minimum(x2, px2) - torch.maximum(x1, px1)).clamp_(min=0)
+        ih = (torch.minimum(y2, py2) - torch.maximum(y1, py1)).clamp_(min=0)
+        inter = iw * ih
+        iou = inter / (area + parea - inter).clamp_(min=tiny)
+        decayed = pad_scores * torch.exp(iou.square_().mul_(-1.0 / sigma))
+        pad_scores = torch.where(decayed >= min_score, decayed, neg_inf)
+        if it % 4 == 3:
+            picked = torch.cat(pick_scores + [neg_inf.expand(max_dets)])
+            kth = torch.topk(picked, max_dets).values[-1]
+            if bool(kth >= pad_scores.max()):
+                break
+    all_scores = torch.cat(pick_scores)
+    all_src = torch.cat(pick_src)
+    keep = all_scores > neg_inf
+    all_scores, all_src = all_scores[keep], all_src[keep]
+    top = torch.topk(all_scores, min(max_dets, all_scores.numel()))
+    src = all_src[top.indices]
+    return boxes[src], top.values.to(scores.dtype), labels[src]
+
+
+def _tensor_case(n: int, num_classes: int, seed: int, dtype: torch.dtype, ties: bool):
+    boxes, scores, labels = _random_case(n, num_classes, seed)
+    boxes, scores = torch.tensor(boxes, dtype=dtype), torch.tensor(scores, dtype=dtype)
+    labels = torch.tensor(labels, dtype=torch.int64) * 3  # classes 1, 2, 4, 5, ... stay empty
+    if ties:  # equal scores within and across classes, duplicated and degenerate boxes
+        scores = (scores * 8).round() / 8
+        boxes[1::7] = boxes[::7][: len(boxes[1::7])]
+        boxes[::11, 2] = boxes[::11, 0]
+    return boxes, scores, labels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize(
+    "n,num_classes,sigma,min_score,max_dets",
+    [
+        (1000, 80, 0.5, 1e-3, 100),
+        (1000, 6, 0.5, 1e-3, 100),
+        (400, 2, 0.05, 0.2, 30),
+        (300, 40, 2.0, 1e-3, 500),
+        (1, 1, 0.5, 1e-3, 100),
+    ],
+)
+def test_soft_nms_equals_the_previous_implementation_bit_for_bit(
+    n, num_classes, sigma, min_score, max_dets, dtype, ties
+):
+    boxes, scores, labels = _tensor_case(n, num_classes, n + num_classes, dtype, ties)
+    new = soft_nms(boxes, scores, labels, sigma=sigma, min_score=min_score, max_dets=max_dets)
+    old = _soft_nms_before(boxes, scores, labels, sigma=sigma, min_score=min_score, max_dets=max_dets)
+    for a, b in zip(new, old):
+        assert a.dtype == b.dtype and torch.equal(a, b)

@@ -224,6 +224,22 @@ MUTANTS: list[Mutant] = [
         ("tests/test_predictor.py",),
     ),
     Mutant(
+        "peak_topk_row_too_short_for_heap_selection",
+        "postprocess",
+        "cnet/peaks.py",
+        "width = max(head * hw + int(counts.max()), _HEAP_RATIO * k)",
+        "width = head * hw + int(counts.max())",
+        ("tests/test_decode_speed.py",),
+    ),
+    Mutant(
+        "peak_topk_nan_block_hides_its_cells",
+        "postprocess",
+        "cnet/peaks.py",
+        "(block_max[:, lo:hi] <= floor).logical_not_()",
+        "(block_max[:, lo:hi] > floor)",
+        ("tests/test_decode_speed.py",),
+    ),
+    Mutant(
         "soft_nms_sigma_inverted",
         "NMS",
         "cnet/nms.py",
