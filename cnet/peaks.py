@@ -56,21 +56,17 @@ def peak_topk(heat: Tensor, k: int, kernel: int = 3) -> tuple[Tensor, Tensor]:
     if heat.device.type != "cpu" or kernel % 2 == 0 or k < 1 or _HEAP_RATIO * k > n or head >= c:
         return local_maxima(heat, kernel).reshape(b, n).topk(k)
 
-    flat = heat.reshape(b, n)
+    flat = heat.reshape(b, n).contiguous()  # blocks of bs cells are rows of flat.view(-1, bs)
     head_vals = _local_maxima_small(heat[:, :head], kernel).reshape(b, head * hw)  # exact, [B, head HW]
     best = head_vals.topk(k).values  # [B, K] the k largest values seen so far (a subset's)
     # Blocks of bs cells after the head and their maxima, in one pass over the map.
     bs = math.gcd(hw, _BLOCK)
-    blocks = flat[:, head * hw :].reshape(b, -1, bs)  # [B, L, bs]
-    block_max = blocks.amax(dim=2)  # [B, L]
+    block_max = flat[:, head * hw :].reshape(b, -1, bs).amax(dim=2)  # [B, L]
     found: list[tuple[Tensor, Tensor, Tensor]] = []  # per stage: rows, flat positions, values [N]
     start = head
     while start < c:  # stages of growing class ranges, each against the floor of all before it
         stop = min(c, start * _STAGE_GROWTH if start > head else 2 * head)  # the head's floor is weakest
-        lo, hi = (start - head) * hw // bs, (stop - head) * hw // bs  # the stage's blocks
-        rows, blk, col = _cells_above(blocks, block_max, best[:, -1:], lo, hi)
-        pos = head * hw + blk * bs + col
-        vals = blocks[rows, blk, col]
+        rows, pos, vals = _cells_above(flat, block_max, best[:, -1:], start * hw, stop * hw, bs)
         peak = vals == _window_max(flat, rows, pos, c, h, w, kernel)
         rows, pos, vals = rows[peak], pos[peak], vals[peak]
         found.append((rows, pos, vals))
@@ -118,14 +114,20 @@ def _merge_best(best: Tensor, rows: Tensor, vals: Tensor) -> Tensor:
     return torch.cat([best, new], dim=1).topk(best.shape[1]).values
 
 
-def _cells_above(blocks: Tensor, block_max: Tensor, floor: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Cells above ``floor`` [B, 1] in blocks [lo, hi) of ``blocks`` [B, L, bs] (maxima
-    ``block_max`` [B, L]): (row, block, column in block), each [N], in index order."""
+def _cells_above(
+    flat: Tensor, block_max: Tensor, floor: Tensor, lo: int, hi: int, bs: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cells [lo, hi) of ``flat`` [B, n] above ``floor`` [B, 1], given the maxima ``block_max``
+    [B, L] of the blocks of bs cells from ``n - L bs`` on: (row, flat position, value), each [N],
+    in index order. (index_select, unlike indexing a large tensor, spawns no threads for few rows.)"""
+    n, first = flat.shape[1], flat.shape[1] // bs - block_max.shape[1]  # first: block of block_max[:, 0]
     # a NaN block max hides the block's other cells: such blocks are searched too
-    blk_b, blk_i = (block_max[:, lo:hi] <= floor).logical_not_().nonzero(as_tuple=True)  # [M] each
-    blk_i += lo
-    hit, col = (blocks[blk_b, blk_i] > floor[blk_b]).nonzero(as_tuple=True)  # [N] each
-    return blk_b[hit], blk_i[hit], col
+    sel = (block_max[:, lo // bs - first : hi // bs - first] <= floor).logical_not_()
+    blk_b, blk_i = sel.nonzero(as_tuple=True)  # [M] each
+    blk = blk_i + lo // bs  # block index within the row
+    cells = flat.view(-1, bs).index_select(0, blk_b * (n // bs) + blk)  # [M, bs]
+    hit, col = (cells > floor[blk_b]).nonzero(as_tuple=True)  # [N] each
+    return blk_b[hit], blk[hit] * bs + col, cells[hit, col]
 
 
 def _local_maxima_small(heat: Tensor, kernel: int) -> Tensor:
@@ -154,4 +156,4 @@ def _window_max(flat: Tensor, rows: Tensor, pos: Tensor, c: int, h: int, w: int,
     ny = (y[:, None] + d).clamp_(0, h - 1)  # [N, k]
     nx = (x[:, None] + d).clamp_(0, w - 1)
     nbr = plane[:, None, None] + ny[:, :, None] * w + nx[:, None, :]  # [N, k, k]
-    return flat.reshape(-1)[nbr.reshape(len(pos), kernel * kernel)].amax(dim=1)
+    return flat.reshape(-1).index_select(0, nbr.reshape(-1)).reshape(len(pos), kernel * kernel).amax(dim=1)

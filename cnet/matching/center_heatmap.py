@@ -15,6 +15,8 @@ with n = 3 for boxes of area <= 22500 input px^2 and n = 5 otherwise; its score 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -91,10 +93,15 @@ def center_region_scores(
     same_class = tl.classes[:, :, None] == centers.classes[:, None, :]  # [B, K, Kc]
     bi, ti, ci = same_class.nonzero(as_tuple=True)  # [S] each: image, top-left corner, centre
     cx, cy = (centers.xs * rx)[bi, ci, None], (centers.ys * ry)[bi, ci, None]  # [S, 1]
-    inside = (cx > lx[bi, ti]) & (cx < hx[bi, ti]) & (cy > ly[bi, ti]) & (cy < hy[bi, ti])  # [S, K]
+    row = bi * k + ti  # [S] the couple's row of the [B K, K] pair layout
+    # index_select and index_reduce_: unlike [bi, ti] indexing and scatter_reduce_, no thread hand-off
+    lx, hx, ly, hy = (t.reshape(b * k, k).index_select(0, row) for t in (lx, hx, ly, hy))  # [S, K]
+    inside = (cx > lx) & (cx < hx) & (cy > ly) & (cy < hy)  # [S, K]
     ct_scores = torch.where(inside, centers.scores[bi, ci, None], -1.0)  # [S, K]
-    best = lx.new_full((b * k, k), -1.0)  # row = image * K + top-left corner, column = bottom-right
-    best.scatter_reduce_(0, (bi * k + ti)[:, None].expand(-1, k), ct_scores, "amax")
+    best = ct_scores.new_full((b * k, k), -1.0)  # row = image * K + top-left corner, column = bottom-right
+    with warnings.catch_warnings():  # "index_reduce() is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        best.index_reduce_(0, row, ct_scores, "amax")
     return best.reshape(b, k, k)
 
 
