@@ -153,6 +153,12 @@ class MlflowServer:
             time.sleep(1)
         return self
 
+    def kill(self) -> None:
+        """The server dies at once (SIGKILL to its process group): an outage, not a shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=15)
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
