@@ -56,7 +56,6 @@ class Outbox:
         self.max_backoff_s = max_backoff_s
         self._queue: collections.deque[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = collections.deque()
         self._cond = threading.Condition()
-        self._busy = False  # the thread holds a call it took off the queue
         self._error: BaseException | None = None
         self._closed = False
         self._gave_up = False  # close() timed out: the thread stops without sending the rest
@@ -82,7 +81,7 @@ class Outbox:
         """Wait until every queued call was sent (True) or ``timeout_s`` passed (False)."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while self._queue or self._busy:
+            while self._queue:  # the head stays queued until it is sent
                 if self._error is not None:
                     break
                 left = deadline - time.monotonic()
@@ -119,11 +118,9 @@ class Outbox:
                 if not self._queue or self._gave_up:
                     return
                 fn, args, kwargs = self._queue[0]
-                self._busy = True
             self._send(fn, args, kwargs)
             with self._cond:
                 self._queue.popleft()
-                self._busy = False
                 self._cond.notify_all()
 
     def _send(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
