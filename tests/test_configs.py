@@ -62,8 +62,8 @@ def test_default_config_infers_like_the_paper():
     )
     assert (cfg.matching._target_, cfg.adaption._target_) == (
         "cnet.matching.centripetal.Centripetal",
-        "cnet.adaption.none.NoAdaption",
-    )
+        "cnet.adaption.cross_star.CrossStar",
+    )  # the paper's full model (#14): centripetal shift with the cross-star module
 
 
 @pytest.mark.parametrize("matching", options("matching"))

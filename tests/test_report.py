@@ -142,6 +142,17 @@ def test_no_candidate_is_not_run_and_coco_minus_one_is_na():
     assert ours_text(cell, "AP") == "25.0" and ours_text(cell, "APL") == "n/a"
 
 
+def test_figure_training_left_out_beside_its_ap_is_na_and_a_metric_never_logged_says_so():
+    # training drops COCO's -1s before logging (LogMetrics): APL is missing next to a logged AP
+    rec = {k: v for k, v in run_record("r", 1, ap=0.25).items() if k != "metrics.bbox_APL"}
+    columns = COLUMNS | {"crowd AP": "metrics.crowd_bbox_AP"}  # an extra nobody logged
+    cell = select_cell(pd.DataFrame([rec]), columns, trained_all())
+    assert [ours_text(cell, m) for m in ("AP", "APL", "crowd AP")] == ["25.0", "n/a", "not logged"]
+    no_ap = {k: v for k, v in rec.items() if k != "metrics.bbox_AP"}  # no evaluation logged at all
+    cell = select_cell(pd.DataFrame([no_ap]), COLUMNS, trained_all())
+    assert ours_text(cell, "AP") == "not logged" and ours_text(cell, "APL") == "not logged"
+
+
 def test_rows_match_on_tags_mask_head_default_and_epochs():
     runs = pd.DataFrame(
         [

@@ -278,6 +278,10 @@ def progress(ref: RunRef) -> str:
     return f"{'?' if ref.trained is None else ref.trained}/{'?' if ref.epochs is None else ref.epochs}"
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _percent(value: Any) -> float:
     """A logged COCO figure in [0, 1] as percent; -1 (no objects in that range) and missing -> NaN."""
     try:
@@ -316,7 +320,11 @@ def select_cell(runs: pd.DataFrame, columns: dict[str, str], last_epoch: Callabl
     cell = Cell(OK, n=len(used), used=refs, running=running, notes=notes)
     for name, column in columns.items():
         logged = [run.get(column) for run in used]
-        if used and all(v is None or (isinstance(v, float) and math.isnan(v)) for v in logged):
+        # training logs every COCO figure of an evaluation but the -1s (no object of that size):
+        # one missing beside its evaluation's AP is such a -1 (n/a), not a metric never logged
+        ap = columns.get("AP")
+        minus_one = name in METRICS and ap is not None and all(not _missing(run.get(ap)) for run in used)
+        if used and all(_missing(v) for v in logged) and not minus_one:
             cell.absent.add(name)
         values = np.array([_percent(v) for v in logged], dtype=float)
         values = values[np.isfinite(values)]
