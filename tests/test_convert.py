@@ -71,7 +71,7 @@ def test_a_foreign_key_or_shape_is_one_line(mmdet_state, tmp_path):
     with pytest.raises(ValueError, match=r"heads.1.tl_heat.2.bias: shape \(81,\)"):
         mmdet2cnet(bad)
     res = subprocess.run(
-        [sys.executable, "-m", "cnet.tools.convert", "mmdet2cnet", str(tmp_path / "no.pth"), str(tmp_path / "o.pt")],
+        [sys.executable, "-m", "cnet.convert", "mmdet2cnet", str(tmp_path / "no.pth"), str(tmp_path / "o.pt")],
         capture_output=True,
         text=True,
     )

@@ -46,6 +46,10 @@ LAYERS: list[tuple[str, int]] = [
     ("cnet.run", 6),
     ("cnet.compose", 7),
     ("cnet.tools", 8),
+    ("cnet.test", 8),  # `python -m cnet.<tool>` aliases of cnet.tools.<tool>
+    ("cnet.predict", 8),
+    ("cnet.convert", 8),
+    ("cnet.evaluate", 8),
     ("cnet", 0),  # the package __init__
 ]
 

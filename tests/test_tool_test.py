@@ -1,4 +1,4 @@
-"""`python -m cnet.tools.test`: a trained run's figures reproduced from its checkpoint alone,
+"""`python -m cnet.test`: a trained run's figures reproduced from its checkpoint alone,
 test-dev style prediction (no annotations), MLflow runs tagged with their source."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cnet.trainer import TrainState
 def run_tool(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, CNET_CACHE_DIR=str(tmp / "cache"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
     return subprocess.run(
-        [sys.executable, "-m", "cnet.tools.test", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "cnet.test", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
 
 
@@ -111,7 +111,7 @@ def test_predict_writes_one_png_per_image_and_a_results_file_evaluate_scores(tra
     env = dict(os.environ, CNET_CACHE_DIR=str(tmp / "cache"))
     args = [str(run / "checkpoints" / "last.pt"), *map(str, files), "--out", str(tmp_path / "pred")]
     res = subprocess.run(
-        [sys.executable, "-m", "cnet.tools.predict", *args], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "cnet.predict", *args], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.png")) == sorted(f.stem + ".png" for f in files)

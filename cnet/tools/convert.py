@@ -1,7 +1,7 @@
 """Convert mmdetection's CentripetalNet HG-104 weights to cnet and back.
 
-    python -m cnet.tools.convert mmdet2cnet IN.pth OUT.pt   # mmdetection checkpoint -> cnet checkpoint
-    python -m cnet.tools.convert cnet2mmdet IN.pt OUT.pth   # cnet checkpoint -> mmdetection state dict
+    python -m cnet.convert mmdet2cnet IN.pth OUT.pt   # mmdetection checkpoint -> cnet checkpoint
+    python -m cnet.convert cnet2mmdet IN.pt OUT.pth   # cnet checkpoint -> mmdetection state dict
 
 The cnet model is ``backbone=hourglass104 matching=centripetal_mmdet adaption=cross_star`` with 80
 classes (:data:`MODEL_OVERRIDES`); the key schema is mmdetection's
@@ -9,8 +9,8 @@ classes (:data:`MODEL_OVERRIDES`); the key schema is mmdetection's
 (:func:`mmdet_to_cnet_key`, :func:`cnet_to_mmdet_key`), tensors are not touched. The result is
 checked against the composed model (built on the meta device: no memory for the weights): every key
 present, none left over, every shape equal; a failure is one line naming the key. ``OUT.pt`` is a
-cnet checkpoint (epoch 0, no optimizer) for ``cnet.tools.test`` / ``cnet.tools.predict``, e.g.
-``python -m cnet.tools.test OUT.pt backbone=hourglass104 matching=centripetal_mmdet adaption=cross_star
+cnet checkpoint (epoch 0, no optimizer) for ``cnet.test`` / ``cnet.predict``, e.g.
+``python -m cnet.test OUT.pt backbone=hourglass104 matching=centripetal_mmdet adaption=cross_star
 test=mmdet data=coco data.root=/data/coco`` (expected ≈ 44.8 box AP on val2017).
 """
 
@@ -30,7 +30,7 @@ from cnet.checkpoint import save_checkpoint
 from cnet.compose import build_detector, compose_config
 from cnet.trainer import TrainState
 
-PROG = "python -m cnet.tools.convert"
+PROG = "python -m cnet.convert"
 MODEL_OVERRIDES = ("backbone=hourglass104", "matching=centripetal_mmdet", "adaption=cross_star")
 NUM_CLASSES = 80
 

@@ -1,6 +1,6 @@
 """Evaluate a COCO results file against COCO ground truth.
 
-    python -m cnet.tools.evaluate GT.json RESULTS.json [--iou-type bbox|segm] [--verbose]
+    python -m cnet.evaluate GT.json RESULTS.json [--iou-type bbox|segm] [--verbose]
 
 Prints the 12 COCOeval figures as one JSON object on stdout. COCOeval's own text goes to
 stderr with --verbose and is suppressed otherwise. Bad input: one-line error on stderr, exit 2.
@@ -21,7 +21,7 @@ from pycocotools.coco import COCO
 
 from cnet.evaluation.coco_eval import IOU_TYPES, evaluate_coco
 
-PROG = "python -m cnet.tools.evaluate"
+PROG = "python -m cnet.evaluate"
 
 
 class InputError(Exception):

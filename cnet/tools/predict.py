@@ -1,4 +1,4 @@
-"""Detect objects in image files: ``python -m cnet.tools.predict CHECKPOINT IMAGES... --out DIR [overrides]``.
+"""Detect objects in image files: ``python -m cnet.predict CHECKPOINT IMAGES... --out DIR [overrides]``.
 
 IMAGES are files or folders (a folder: its ``.jpg/.jpeg/.png/.bmp`` files in name order). The model
 and test settings come from the checkpoint's run folder (``.hydra/config.yaml``; default config
@@ -7,7 +7,7 @@ annotations, or ``--ann FILE``. Writes to DIR one ``<stem>.png`` per image (boxe
 score, those scoring at least ``--threshold``), ``results.json`` (COCO results, every detection) and
 ``images.json`` (``[{"id", "file_name"}]``). **Image ids are 1, 2, ... in the order the images are
 listed** (folders expanded in name order), so a COCO annotation file with the same ids scores
-``results.json`` with ``cnet.tools.evaluate``. Bad input: one line on stderr, exit 2.
+``results.json`` with ``cnet.evaluate``. Bad input: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from cnet.tools.test import ERRORS, InputError, resolve_source, source_config, w
 from cnet.trainer import TrainState
 from cnet.types import Detections
 
-PROG = "python -m cnet.tools.predict"
+PROG = "python -m cnet.predict"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
 

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint without training: ``python -m cnet.tools.test CHECKPOINT_OR_RUN_DIR [overrides]``.
+"""Evaluate a checkpoint without training: ``python -m cnet.test CHECKPOINT_OR_RUN_DIR [overrides]``.
 
 The source is a run folder (its ``checkpoints/last.pt`` and ``.hydra/config.yaml``) or a checkpoint
 file (inside a run folder its config is used, otherwise the default config). Overrides change that
@@ -43,7 +43,7 @@ from cnet.run import Evaluation
 from cnet.tracking import Tracker, flatten_params, resolve_tracking_uri
 from cnet.trainer import TrainState
 
-PROG = "python -m cnet.tools.test"
+PROG = "python -m cnet.test"
 
 
 class InputError(Exception):

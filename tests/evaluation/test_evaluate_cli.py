@@ -50,7 +50,7 @@ def files(tmp_path):
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "cnet.tools.evaluate", *map(str, args)],
+        [sys.executable, "-m", "cnet.evaluate", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=REPO,
