@@ -4,8 +4,9 @@
 same order, so a (seed, epoch, index) keeps its decisions. :func:`distort` applies them to a uint8
 region: the per-value steps (brightness, contrast) become one 256-entry float32 look-up table (the
 same float32 arithmetic per value, so bit-identical), and the saturation/hue steps run through
-OpenCV's float32 HSV conversion (equal to the numpy formula below up to float rounding). Every step
-is per pixel, so distorting only the crop window gives the crop of the distorted image.
+OpenCV's float32 HSV conversion (equal to the numpy reference formulas in
+tests/data/legacy_transforms.py up to float rounding). Every step is per pixel, so distorting only
+the crop window gives the crop of the distorted image.
 """
 
 from __future__ import annotations
@@ -147,25 +148,3 @@ def photometric_distort(image: np.ndarray, rng: np.random.Generator, channel_swa
     p = draw_photometric(rng, channel_swap_prob)
     img = distort(image, p)
     return np.ascontiguousarray(img[..., list(p.perm)]) if p.perm is not None else img
-
-
-def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    """Reference formula: [..., 3] RGB in 0..255 -> [..., 3] HSV, H degrees [0, 360), S [0, 1], V 0..255."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    v = rgb.max(-1)
-    delta = v - rgb.min(-1)
-    s = np.where(v > 0, delta / np.maximum(v, 1e-12), 0.0)
-    d = np.maximum(delta, 1e-12)
-    h = np.where(v == r, (g - b) / d, np.where(v == g, 2 + (b - r) / d, 4 + (r - g) / d))
-    h = np.where(delta > 0, (60 * h) % 360, 0.0)
-    return np.stack([h, s, v], -1).astype(rgb.dtype)
-
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """Reference inverse of :func:`rgb_to_hsv`: [..., 3] HSV (H degrees, S 0..1, V 0..255) -> RGB 0..255."""
-    h, s, v = hsv[..., 0] / 60, hsv[..., 1], hsv[..., 2]
-    channels = []
-    for n in (5, 3, 1):  # the closed form f(n) = V - V S max(0, min(k, 4 - k, 1)), k = (n + H/60) mod 6
-        k = (n + h) % 6
-        channels.append(v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1))
-    return np.stack(channels, -1).astype(hsv.dtype)

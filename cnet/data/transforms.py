@@ -28,9 +28,7 @@ from cnet.data.photometric import (
     Scratch,
     distort,
     draw_photometric,
-    hsv_to_rgb,
     photometric_distort,
-    rgb_to_hsv,
 )
 from cnet.types import GroundTruth, ImageMeta
 
@@ -40,9 +38,7 @@ __all__ = [
     "TestTransform",
     "TrainTransform",
     "corner_border",
-    "hsv_to_rgb",
     "photometric_distort",
-    "rgb_to_hsv",
 ]
 
 MEAN_RGB = (123.675, 116.28, 103.53)

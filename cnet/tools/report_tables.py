@@ -318,13 +318,13 @@ def select_cell(runs: pd.DataFrame, columns: dict[str, str], last_epoch: Callabl
             notes.append(f"seed {seed}: latest run {latest['run_id'][:8]} is {latest['status']}{earlier}")
     refs = [_run_ref(run, last_epoch) for run in used]
     cell = Cell(OK, n=len(used), used=refs, running=running, notes=notes)
+    # training logs every COCO figure of an evaluation but the -1s (no object of that size): one
+    # missing beside its evaluation's AP is such a -1 (n/a), not a metric never logged
+    ap = columns.get("AP")
+    ap_logged = ap is not None and all(not _missing(run.get(ap)) for run in used)
     for name, column in columns.items():
         logged = [run.get(column) for run in used]
-        # training logs every COCO figure of an evaluation but the -1s (no object of that size):
-        # one missing beside its evaluation's AP is such a -1 (n/a), not a metric never logged
-        ap = columns.get("AP")
-        minus_one = name in METRICS and ap is not None and all(not _missing(run.get(ap)) for run in used)
-        if used and all(_missing(v) for v in logged) and not minus_one:
+        if used and all(_missing(v) for v in logged) and not (name in METRICS and ap_logged):
             cell.absent.add(name)
         values = np.array([_percent(v) for v in logged], dtype=float)
         values = values[np.isfinite(values)]

@@ -14,11 +14,10 @@ from cnet.data.transforms import (
     TestTransform,
     TrainTransform,
     corner_border,
-    hsv_to_rgb,
     photometric_distort,
-    rgb_to_hsv,
 )
 from cnet.types import ImageMeta, unpad_boxes
+from tests.data.legacy_transforms import hsv_to_rgb, rgb_to_hsv  # the reference formulas
 
 MEAN = torch.tensor(MEAN_RGB)[:, None, None]
 STD = torch.tensor(STD_RGB)[:, None, None]
