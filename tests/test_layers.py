@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, int]] = [
     ("cnet.types", 0),
     ("cnet.errors", 0),
     ("cnet.resources", 0),
+    ("cnet.files", 0),
     ("cnet.targets", 1),
     ("cnet.losses", 1),
     ("cnet.nms", 1),

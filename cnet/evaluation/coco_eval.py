@@ -11,7 +11,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from cnet.files import write_text_atomic
 
 if TYPE_CHECKING:  # keeps `python -m cnet.tools.evaluate` free of the torch import
     from cnet.types import Detections
@@ -173,22 +174,8 @@ def evaluate_coco(
 
 
 def write_results(path: str | os.PathLike[str], results: Sequence[dict[str, Any]]) -> Path:
-    """Write COCO results as JSON atomically (temp file in the same folder, then os.replace).
-
-    Creates the parent folder if needed and returns the final path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(list(results), f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write COCO results as JSON atomically (:func:`cnet.files.write_text_atomic`); returns the path."""
+    return write_text_atomic(path, json.dumps(list(results)))
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from cnet.adaption.base import Adaption
 from cnet.adaption.deform import deform_conv3x3
 from cnet.compose import group_options, option_factory
+from cnet.files import write_text_atomic
 from cnet.heads import CornerFeatures
 from cnet.matching.base import Matching
 from cnet.postprocess import PostProcess
@@ -268,8 +269,8 @@ def main(argv: list[str] | None = None) -> None:
         result["rerun"] = {"section": args.only, "others_from": previous.get("environment")}
 
     def write() -> None:  # after each section: a slow adaption section never loses the decode figures
-        json_path.write_text(json.dumps(result, indent=2))
-        md_path.write_text(to_markdown(result))
+        write_text_atomic(json_path, json.dumps(result, indent=2))
+        write_text_atomic(md_path, to_markdown(result))
 
     if args.only in (None, "decode"):
         rows = bench_decode([1, 8], args.size, 80, args.repeats, device)

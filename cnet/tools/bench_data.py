@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,22 +34,9 @@ import PIL
 import torch
 
 from cnet.data import CocoDetection, TrainTransform
+from cnet.files import write_text_atomic
 
 DEFAULT_ROOT = os.environ.get("CNET_COCO_TINY", "../shared/data/coco_tiny")  # conf/data/coco_tiny.yaml
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a reader
-    never sees a half-written report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def open_dataset(root: Path, images: str, ann: str, crop: int) -> CocoDetection:
@@ -178,8 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "measure": measured,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(args.out / "bench_data.json", json.dumps(result, indent=2) + "\n")
-    _write_atomic(args.out / "bench_data.md", to_markdown(result))
+    write_text_atomic(args.out / "bench_data.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.out / "bench_data.md", to_markdown(result))
     print(to_markdown(result), end="")
     return result
 

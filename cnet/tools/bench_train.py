@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnet.compose import build_detector, compose_config
 from cnet.criterion import Criterion
+from cnet.files import write_text_atomic
 from cnet.types import GroundTruth
 
 # dense peak TFLOP/s by GPU name fragment and precision (vendor datasheets, SXM parts)
@@ -208,8 +209,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["model"] = bench_model(args, device)
     stem = "bench_cuda" if cuda else "bench_train"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{stem}.md").write_text(to_markdown(result))
+    write_text_atomic(args.out / f"{stem}.json", json.dumps(result, indent=2))
+    write_text_atomic(args.out / f"{stem}.md", to_markdown(result))
     return result
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from cnet.files import write_text_atomic
 from cnet.tools.report_tables import METRICS, Cell, Table, progress
 
 DASH = "—"
@@ -257,6 +258,6 @@ def write_all(table: Table, out_dir: Path) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = {"md": to_markdown(table), "csv": to_csv(table), "tex": to_latex(table)}
     for ext, text in texts.items():
-        (out_dir / f"{table.spec.key}.{ext}").write_text(text)
+        write_text_atomic(out_dir / f"{table.spec.key}.{ext}", text)
     to_png(table, out_dir / f"{table.spec.key}.png")
     return texts

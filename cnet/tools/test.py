@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +36,7 @@ from cnet.compose import (
 )
 from cnet.errors import USER_ERRORS
 from cnet.evaluation.coco_eval import detections_to_coco, write_results
+from cnet.files import write_text_atomic
 from cnet.predictor import evaluate
 from cnet.run import Evaluation
 from cnet.tracking import Tracker, flatten_params, resolve_tracking_uri
@@ -104,12 +103,8 @@ def predict_only(evaluation: Evaluation, out_dir: Path) -> list[Path]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    """Atomic JSON write."""
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def track(
