@@ -39,14 +39,15 @@ def test_bench_reports_every_option(tmp_path):
     for r in result["decode"]:
         assert r["ratio"] == pytest.approx(r["ms_per_image"] / ref[r["batch"]]), r
     assert "| centripetal | 1 |" in (tmp_path / "bench.md").read_text()
-    # deform: plain conv, torchvision and native per shape, ratios to plain conv
+    # deform: plain conv, torchvision, native and fused (on CPU) per shape, ratios to plain conv
     assert {(r["impl"], r["shape"]) for r in result["deform"]} == {
-        (i, s) for i in ("conv", "torchvision", "native") for s in ("1x4x6x5", "2x3x4x4")
+        (i, s) for i in ("conv", "torchvision", "native", "fused") for s in ("1x4x6x5", "2x3x4x4")
     }
     for r in result["deform"]:
         conv = next(c for c in result["deform"] if c["impl"] == "conv" and c["shape"] == r["shape"])
         assert r["ratio"] == pytest.approx(r["ms_fwd_bwd"] / conv["ms_fwd_bwd"]), r
     assert "| native | 1x4x6x5 |" in (tmp_path / "bench.md").read_text()
+    assert "| fused | 2x3x4x4 |" in (tmp_path / "bench.md").read_text()
 
 
 def test_only_one_section_keeps_the_others(tmp_path):

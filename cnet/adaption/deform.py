@@ -1,30 +1,36 @@
-"""The 3x3 deformable convolution of the adaption modules, with a fast CPU implementation.
+"""The 3x3 deformable convolution of the adaption modules, with fast CPU implementations.
 
 Every deformable module here (dcn, roi_conv, cross_star) runs the same operation: a 3x3
 convolution, stride 1, padding 1, one offset group, no mask, no bias, with torchvision's offset
 layout ((dy, dx) per tap, row-major taps; see :mod:`cnet.adaption.sampling`).
 ``torchvision.ops.deform_conv2d`` computes it with an im2col per image whose CPU backward is
-10-14x a plain convolution. The ``native`` implementation computes the same numbers (bilinear
+10-20x a plain convolution. Two CPU implementations here compute the same numbers (bilinear
 sampling with the 4 neighbours, each neighbour outside the map counting as 0, so a sample one cell
-or more outside gives 0) from two fused library kernels:
+or more outside gives 0):
 
-* ``grid_sample`` (bilinear, zero padding) samples the nine taps of every cell for all channels in
-  one call: the grid [B, 9H, W, 2] stacks the taps along H, so the samples [B, C, 9H, W] already are
-  the im2col columns [B, C*9, H*W] in the (channel, tap) order of ``weight.view(Cout, C*9)``;
-* one batched matrix multiply with the weight gives the output;
-* the backward (a custom autograd.Function, no graph over the big columns) reuses the saved grid
-  and columns: the weight gradient from the columns, the column gradient by one batched multiply,
-  then grid_sample's own backward gives the input and grid (= offset) gradients in one pass,
-  skipping the offset gradient when the offsets need none (RoI conv detaches them).
+* ``fused`` (:mod:`cnet.adaption.deform_fused`): one C++ kernel, built on first use, that samples
+  channels-last and multiplies tile by tile (1.4-2x a plain convolution's forward + backward);
+* ``native``: PyTorch ops only, for machines without a C++ compiler (3.5-5x):
 
-The columns (B*C*9*H*W floats) are kept for the backward: 0.9 GB at 6 x 256 x 128 x 128.
+  * ``grid_sample`` (bilinear, zero padding) samples the nine taps of every cell for all channels
+    in one call: the grid [B, 9H, W, 2] stacks the taps along H, so the samples [B, C, 9H, W]
+    already are the im2col columns [B, C*9, H*W] in the (channel, tap) order of
+    ``weight.view(Cout, C*9)``;
+  * one batched matrix multiply with the weight gives the output;
+  * the backward (a custom autograd.Function, no graph over the big columns) reuses the saved
+    grid and columns: the weight gradient from the columns, the column gradient by one batched
+    multiply, then grid_sample's own backward gives the input and grid (= offset) gradients in
+    one pass, skipping the offset gradient when the offsets need none (RoI conv detaches them).
+    The columns (B*C*9*H*W floats) are kept for the backward: 0.9 GB at 6 x 256 x 128 x 128.
 
-``impl="auto"`` picks ``native`` on CPU and torchvision's kernel elsewhere (CUDA has a fused one);
-that choice is made in :func:`resolve_impl` only.
+``impl="auto"`` picks ``fused`` on CPU (``native``, with a warning, where the kernel cannot be
+built) and torchvision's kernel elsewhere (CUDA has a fused one); that choice is made in
+:func:`resolve_impl` only.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -32,17 +38,37 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torchvision.ops import deform_conv2d
 
-DeformImpl = Literal["auto", "torchvision", "native"]
-IMPLS: tuple[str, ...] = ("auto", "torchvision", "native")
+from cnet.adaption.deform_fused import SOURCE, fused_deform_conv3x3, kernel_error
+
+DeformImpl = Literal["auto", "torchvision", "native", "fused"]
+IMPLS: tuple[str, ...] = ("auto", "torchvision", "native", "fused")
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
-    """``torchvision`` or ``native`` for ``impl`` on ``device``: ``auto`` = native on CPU only."""
+    """The implementation ``impl`` runs as on ``device``: ``auto`` = fused on CPU (native where the
+    kernel cannot be built), torchvision elsewhere. Builds the fused kernel on its first use."""
     if impl not in IMPLS:
-        raise ValueError(f"deformable conv impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "native" if device.type == "cpu" else "torchvision"
-    return impl
+        raise ValueError(f"adaption.impl must be one of {IMPLS}, got {impl!r}")
+    if device.type != "cpu":
+        if impl == "fused":
+            raise ValueError(f"adaption.impl=fused is a CPU kernel; on {device.type} use impl=auto or torchvision")
+        return "torchvision" if impl == "auto" else impl
+    if impl not in ("auto", "fused"):
+        return impl
+    error = kernel_error()
+    if error is None:
+        return "fused"
+    if impl == "fused":
+        raise RuntimeError(
+            f"adaption.impl=fused: building {SOURCE} failed ({error}); install a C++ compiler and ninja, "
+            "or set adaption.impl=native"
+        )
+    warnings.warn(
+        f"adaption.impl=auto: the fused CPU kernel cannot be built ({error}); using impl=native, 2-3x slower "
+        "(install a C++ compiler and ninja to get the fused one)",
+        stacklevel=2,
+    )
+    return "native"
 
 
 def deform_conv3x3(x: Tensor, offset: Tensor, weight: Tensor, impl: str = "auto") -> Tensor:
@@ -57,11 +83,16 @@ def deform_conv3x3(x: Tensor, offset: Tensor, weight: Tensor, impl: str = "auto"
         raise ValueError(
             f"deform_conv3x3: x {tuple(x.shape)}, offset {tuple(offset.shape)}, weight {tuple(weight.shape)}"
         )
-    if resolve_impl(impl, x.device) == "torchvision":
+    impl = resolve_impl(impl, x.device)
+    if impl == "torchvision":
         return deform_conv2d(x, offset, weight, padding=1)
     if torch.is_autocast_enabled(x.device.type):  # as torchvision's autocast rule: fp32 inside
         with torch.autocast(x.device.type, enabled=False):
             return deform_conv3x3(x.float(), offset.float(), weight.float(), impl).to(x.dtype)
+    if impl == "fused":
+        if x.dtype not in (torch.float32, torch.float64):  # the kernel has float and double only
+            return fused_deform_conv3x3(x.float(), offset.float(), weight.float()).to(x.dtype)
+        return fused_deform_conv3x3(x, offset, weight)
     out = _DeformConv3x3.apply(x, offset, weight)
     assert isinstance(out, Tensor)
     return out

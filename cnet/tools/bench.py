@@ -5,8 +5,9 @@
 * adaption: forward + backward time of every feature-adaption module at COCO scale (256 channels,
   128 x 128, batch 6), its own loss included.
 * deform: forward + backward of the 3x3 deformable convolution (plain conv vs torchvision's
-  ``deform_conv2d`` vs the native implementation, cnet.adaption.deform) at a few shapes, the
-  candidates interleaved within each repeat (the machine may be shared); ratios to plain conv.
+  ``deform_conv2d`` vs the native and, on CPU, the fused implementations of cnet.adaption.deform)
+  at a few shapes, the candidates interleaved within each repeat (the machine may be shared);
+  ratios to plain conv.
 
 Each figure is the median of ``--repeats`` timed runs after one warm-up (no warm-up for a single
 CPU adaption run, which takes minutes at COCO scale), measured in one process;
@@ -120,7 +121,7 @@ DEFORM_SHAPES = ((16, 64, 32, 32), (2, 256, 64, 64), (6, 256, 128, 128))  # (B, 
 
 
 def bench_deform(shapes: list[tuple[int, int, int, int]], repeats: int, device: torch.device) -> list[dict]:
-    """Median forward + backward ms of conv / torchvision / native per shape, interleaved per repeat."""
+    """Median forward + backward ms of conv / torchvision / native / fused (CPU) per shape, interleaved per repeat."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
     for b, c, h, w in shapes:
@@ -135,6 +136,8 @@ def bench_deform(shapes: list[tuple[int, int, int, int]], repeats: int, device: 
             "torchvision": functools.partial(deform_conv3x3, x, offset, weight, impl="torchvision"),
             "native": functools.partial(deform_conv3x3, x, offset, weight, impl="native"),
         }
+        if device.type == "cpu":
+            candidates["fused"] = functools.partial(deform_conv3x3, x, offset, weight, impl="fused")
         times: dict[str, list[float]] = {k: [] for k in candidates}
         for i in range(repeats + 1):  # the first round warms up
             for name, fn in candidates.items():

@@ -1,8 +1,9 @@
-"""The native deformable 3x3 convolution equals torchvision's, output and all three gradients.
+"""The native and fused deformable 3x3 convolutions equal torchvision's, output and all three gradients.
 
 Offsets are random and large enough that many taps sample partly or wholly outside the map
 (torchvision: bilinear with the 4 neighbours, a neighbour outside counts 0). Every deformable
-adaption option gives the same outputs and gradients with ``impl=torchvision`` and ``impl=native``.
+adaption option gives the same outputs and gradients with ``impl=torchvision``, ``native`` and
+``fused``. The fused kernel is built here on first use (the test machine has a C++ compiler).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from cnet.adaption.deform import deform_conv3x3, resolve_impl
 from cnet.compose import option_factory
 
 DEFORMABLE = ("dcn", "roi_conv", "cross_star")
+OURS = ("native", "fused")  # the implementations checked against torchvision
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -30,58 +32,66 @@ def inputs(b: int, c: int, cout: int, h: int, w: int, spread: float, dtype=torch
     return x, offset, weight
 
 
+@pytest.mark.parametrize("impl", OURS)
 @pytest.mark.parametrize(
     ("b", "c", "cout", "h", "w"),
-    [(2, 5, 7, 6, 9), (1, 8, 3, 11, 4), (3, 16, 16, 8, 8), (1, 4, 6, 1, 5)],  # non-square, C != Cout, batch 1
+    # non-square, C != Cout, batch 1, one row; the last two span several of the fused kernel's 128-cell tiles
+    [(2, 5, 7, 6, 9), (1, 8, 3, 11, 4), (3, 16, 16, 8, 8), (1, 4, 6, 1, 5), (1, 24, 8, 20, 23), (3, 3, 5, 13, 29)],
 )
-def test_native_equals_torchvision_output_and_gradients(b, c, cout, h, w):
+def test_equals_torchvision_output_and_gradients(impl, b, c, cout, h, w):
     x, offset, weight = inputs(b, c, cout, h, w, spread=0.4 * max(h, w))
     # many samples land far outside the map, some partly outside
     pos_y = offset.detach()[:, 0::2] + torch.arange(h)[:, None]
     assert (pos_y <= -1).any() and (pos_y >= h).any() and ((pos_y > -1) & (pos_y < 0)).any()
     grad = torch.randn(b, cout, h, w, generator=torch.Generator().manual_seed(1))
     results = {}
-    for impl in ("torchvision", "native"):
-        out = deform_conv3x3(x, offset, weight, impl=impl)
-        results[impl] = (out, *torch.autograd.grad(out, (x, offset, weight), grad))
-    for name, nat, ref in zip(("output", "input", "offset", "weight"), results["native"], results["torchvision"]):
+    for name in ("torchvision", impl):
+        out = deform_conv3x3(x, offset, weight, impl=name)
+        results[name] = (out, *torch.autograd.grad(out, (x, offset, weight), grad))
+    for name, nat, ref in zip(("output", "input", "offset", "weight"), results[impl], results["torchvision"]):
         assert nat.shape == ref.shape
         assert rel_err(nat, ref) < 1e-5, name
     ref = deform_conv2d(x, offset, weight, padding=1)  # the switch really compares with torchvision
     assert torch.equal(results["torchvision"][0], ref)
 
 
-def test_native_gradcheck_float64():
+@pytest.mark.parametrize("impl", OURS)
+def test_gradcheck_float64(impl):
     x, offset, weight = inputs(1, 2, 3, 4, 5, spread=2.0, dtype=torch.float64)
     # keep samples off integer coordinates, where bilinear interpolation has a kink
     with torch.no_grad():
         offset += 0.25 - (offset - offset.floor() - 0.5).sign() * 0.1
-    assert torch.autograd.gradcheck(lambda *a: deform_conv3x3(*a, impl="native"), (x, offset, weight))
+    assert torch.autograd.gradcheck(lambda *a: deform_conv3x3(*a, impl=impl), (x, offset, weight))
 
 
-def test_offsets_without_gradient_are_fine():
+@pytest.mark.parametrize("impl", OURS)
+def test_offsets_without_gradient_are_fine(impl):
     """RoI conv detaches its offsets: the backward then skips the offset gradient."""
     x, offset, weight = inputs(2, 3, 4, 5, 5, spread=1.0)
-    out = deform_conv3x3(x, offset.detach(), weight, impl="native")
+    out = deform_conv3x3(x, offset.detach(), weight, impl=impl)
     gx, gw = torch.autograd.grad(out.sum(), (x, weight))
     ref = deform_conv2d(x, offset.detach(), weight, padding=1)
     rx, rw = torch.autograd.grad(ref.sum(), (x, weight))
     assert rel_err(gx, rx) < 1e-5 and rel_err(gw, rw) < 1e-5
 
 
-def test_auto_is_native_on_cpu_torchvision_on_cuda():
-    assert resolve_impl("auto", torch.device("cpu")) == "native"
+def test_auto_is_fused_on_cpu_torchvision_on_cuda():
+    assert resolve_impl("auto", torch.device("cpu")) == "fused"
     assert resolve_impl("auto", torch.device("cuda")) == "torchvision"
     assert resolve_impl("torchvision", torch.device("cpu")) == "torchvision"
-    with pytest.raises(ValueError, match="impl"):
+    assert resolve_impl("native", torch.device("cpu")) == "native"
+    with pytest.raises(ValueError, match=r"adaption\.impl must be one of"):
         resolve_impl("fast", torch.device("cpu"))
+    with pytest.raises(ValueError, match="CPU kernel"):
+        resolve_impl("fused", torch.device("cuda"))
 
 
+@pytest.mark.parametrize("impl", OURS)
 @pytest.mark.parametrize("name", DEFORMABLE)
-def test_adaption_modules_agree_across_impls(name):
+def test_adaption_modules_agree_across_impls(name, impl):
     torch.manual_seed(0)
     ref = option_factory("adaption", name)(in_channels=6, impl="torchvision").train()
-    nat = option_factory("adaption", name)(in_channels=6, impl="native").train()
+    nat = option_factory("adaption", name)(in_channels=6, impl=impl).train()
     with torch.no_grad():  # offsets away from zero (dcn's offset conv starts at 0): sampling deforms
         for p in ref.parameters():
             p.normal_(std=0.3)
@@ -102,9 +112,10 @@ def test_adaption_modules_agree_across_impls(name):
             assert rel_err(b, a) < 1e-5
 
 
-def test_native_under_cpu_autocast_computes_in_float32():
+@pytest.mark.parametrize("impl", OURS)
+def test_under_cpu_autocast_computes_in_float32(impl):
     x, offset, weight = inputs(1, 3, 2, 4, 4, spread=1.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = deform_conv3x3(x, offset, weight, impl="native")
+        out = deform_conv3x3(x, offset, weight, impl=impl)
         ref = deform_conv3x3(x, offset, weight, impl="torchvision")
     assert out.dtype == ref.dtype and rel_err(out.float(), ref.float()) < 1e-5
