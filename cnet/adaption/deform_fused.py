@@ -4,7 +4,7 @@ The kernel builds the channels-last im2col rows a tile at a time and multiplies 
 the weight at once, in forward and backward alike (the backward recomputes the tiles instead of
 keeping B*H*W*9*C columns). It is compiled with the machine's C++ compiler on first use, by
 ``torch.utils.cpp_extension`` into its cache (``$TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``), once per source version and instruction set, which takes ~10 s;
+``~/.cache/torch_extensions``), once per checkout, source version and instruction set (~10 s);
 later processes load the built library. Concurrent first uses (DDP ranks, SLURM array jobs) wait
 on the cache's lock.
 """
@@ -12,6 +12,7 @@ on the cache's lock.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -45,7 +46,8 @@ def kernel_error() -> str | None:
 
         log.info("loading the fused deformable-conv CPU kernel (built once, ~10 s, from %s)", SOURCE)
         load(
-            name=f"cnet_deform_{'avx2' if vector else 'base'}",
+            # the source's folder in the name: two checkouts do not rebuild over each other's copy
+            name=f"cnet_deform_{'avx2' if vector else 'base'}_{hashlib.sha1(str(SOURCE).encode()).hexdigest()[:8]}",
             sources=[str(SOURCE)],
             extra_cflags=flags,
             extra_ldflags=["-fopenmp"],

@@ -9,8 +9,7 @@
   at a few shapes, the candidates interleaved within each repeat (the machine may be shared);
   ratios to plain conv.
 
-Each figure is the median of ``--repeats`` timed runs after one warm-up (no warm-up for a single
-CPU adaption run, which takes minutes at COCO scale), measured in one process;
+Each figure is the median of ``--repeats`` timed runs after one warm-up, measured in one process;
 the report also gives each option's ratio to the reference option (centripetal / none). Runs on
 CUDA as well (``--device cuda``), synchronising around every timed call.
 """
@@ -42,12 +41,11 @@ from cnet.types import Grid, GroundTruth, ImageMeta, Outputs
 REPORTS = Path("reports")  # relative to where it is started (the repository root for `make bench`)
 
 
-def timed(fn: Callable[[], object], repeats: int, device: torch.device, warmup: bool = True) -> float:
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs (after one warm-up run), in seconds."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if warmup:
-        fn()
-        sync()
+    fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -110,8 +108,8 @@ def bench_adaption(batch: int, channels: int, size: int, repeats: int, device: t
             total = tl_out.mean() + br_out.mean() + sum(module.loss_weights[k] * v for k, v in losses.items())
             total.backward()
 
-        # a CPU step at COCO scale takes minutes: no warm-up there (nothing to warm but caches)
-        sec = timed(step, repeats, device, warmup=device.type == "cuda" or repeats > 1)
+        # the warm-up also takes one-off costs out: the fused kernel's build or load, the allocator's growth
+        sec = timed(step, repeats, device)
         rows.append({"adaption": name, "batch": batch, "ms_fwd_bwd": 1000 * sec})
         print(f"adaption {name:<12} batch {batch}: {1000 * sec:10.1f} ms fwd+bwd", flush=True)
     return rows
@@ -165,7 +163,7 @@ def to_markdown(result: dict) -> str:
     env, st = result["environment"], result["setting"]
     lines = [f"# cnet benchmarks ({env['device']}, torch {env['torch']}, {env['threads']} threads)", ""]
     n_ad = result.get("adaption_repeats", result["repeats"])
-    ad_runs = "one run" if n_ad == 1 else f"median of {n_ad}"
+    ad_runs = "one run after a warm-up" if n_ad == 1 else f"median of {n_ad} after a warm-up"
     lines += [
         f"Decode: medians of {result['repeats']} runs after a warm-up; adaption: {ad_runs}. "
         "One process, `python -m cnet.tools.bench`.",
