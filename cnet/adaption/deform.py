@@ -10,7 +10,7 @@ or more outside gives 0):
 
 * ``fused`` (:mod:`cnet.adaption.deform_fused`): one C++ kernel, built on first use, that samples
   channels-last and multiplies tile by tile (1.4-2x a plain convolution's forward + backward);
-* ``native``: PyTorch ops only, for machines without a C++ compiler (3.3-5x):
+* ``native``: PyTorch ops only, for machines without a C++ compiler (3.3-5.5x):
 
   * ``grid_sample`` (bilinear, zero padding) samples the nine taps of every cell for all channels
     in one call: the grid [B, 9H, W, 2] stacks the taps along H, so the samples [B, C, 9H, W]
