@@ -86,12 +86,12 @@ def deform_conv3x3(x: Tensor, offset: Tensor, weight: Tensor, impl: str = "auto"
     impl = resolve_impl(impl, x.device)
     if impl == "torchvision":
         return deform_conv2d(x, offset, weight, padding=1)
-    if torch.is_autocast_enabled(x.device.type):  # as torchvision's autocast rule: fp32 inside
+    # fp32 inside under autocast (torchvision's autocast rule) and for the fused kernel's missing
+    # dtypes (it has float and double only)
+    if torch.is_autocast_enabled(x.device.type) or (impl == "fused" and x.dtype not in (torch.float32, torch.float64)):
         with torch.autocast(x.device.type, enabled=False):
             return deform_conv3x3(x.float(), offset.float(), weight.float(), impl).to(x.dtype)
     if impl == "fused":
-        if x.dtype not in (torch.float32, torch.float64):  # the kernel has float and double only
-            return fused_deform_conv3x3(x.float(), offset.float(), weight.float()).to(x.dtype)
         return fused_deform_conv3x3(x, offset, weight)
     out = _DeformConv3x3.apply(x, offset, weight)
     assert isinstance(out, Tensor)
