@@ -1,10 +1,15 @@
 """An ordered outbox for tracking calls: training never waits on, or dies with, the tracking server.
 
 Calls are queued and sent in order by one background thread. A transient failure (the server is
-down or restarting, a busy SQLite store) keeps the call at the head of the queue and retries it with
-a capped backoff, so the calls queued behind it are buffered in memory and flushed, in order, when the
-store answers again. Any other failure (a rejected value, a missing file) is a bug in the caller: it
-is kept and raised in the caller's thread at its next call or at :meth:`Outbox.close`.
+down or restarting, a busy SQLite store, a connection cut mid-answer) keeps the call at the head of
+the queue and retries it with a capped backoff, so the calls queued behind it are buffered in memory
+and flushed, in order, when the store answers again. A write conflict with a parallel job (two runs
+inserting the same dataset row at once) is retried a few times: the retry finds the other's row.
+Any other failure (a rejected value, a missing file) is a bug in the caller: it is kept and raised in
+the caller's thread at its next call or at :meth:`Outbox.close`.
+
+Retrying is safe because MLflow's writes are idempotent: a metric batch that reached the store before
+the connection broke is deduplicated, params and tags are rewritten with the same values.
 """
 
 from __future__ import annotations
@@ -23,14 +28,24 @@ log = logging.getLogger(__name__)
 _TRANSIENT = re.compile(
     r"Max retries|Connection (?:refused|reset|aborted)|Failed to establish|Remote ?Disconnected"
     r"|timed out|database is locked|Service Unavailable|Bad Gateway|Gateway Time-?out"
-    r"|server closed the connection|could not connect to server|status code 50[234]",
+    r"|server closed the connection|could not connect to server|status code 50[234]"
+    r"|Connection broken|IncompleteRead|ProtocolError|Broken pipe",
     re.IGNORECASE,
 )
+# what PostgreSQL and SQLite say when a parallel run inserted the same row first: MLflow's log_inputs
+# looks the dataset up, then inserts it, so two runs starting on one dataset can both miss it
+_CONFLICT = re.compile(r"UniqueViolation|duplicate key value violates unique constraint|UNIQUE constraint failed")
+MAX_CONFLICT_RETRIES = 5
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` means "the store is unreachable for now" (retry) rather than a rejected call."""
     return isinstance(exc, (ConnectionError, TimeoutError)) or bool(_TRANSIENT.search(str(exc)))
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is a unique-key clash with a parallel writer (retry: the row is there now)."""
+    return bool(_CONFLICT.search(str(exc)))
 
 
 class OutboxTimeout(RuntimeError):
@@ -123,14 +138,29 @@ class Outbox:
                 self._queue.popleft()
                 self._cond.notify_all()
 
+    def _pause(self, seconds: float) -> bool:
+        """Wait before the next try; False when :meth:`close` gave up meanwhile (stop trying)."""
+        with self._cond:
+            if self._gave_up:
+                return False
+            self._cond.wait(seconds)
+            return True
+
     def _send(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Try the head call until it goes through; an outage is logged once, with its length."""
         down_since: float | None = None
         wait = self.min_backoff_s
+        conflicts = 0
         while True:
             try:
                 fn(*args, **kwargs)
             except Exception as exc:
+                if is_conflict(exc) and conflicts < MAX_CONFLICT_RETRIES:
+                    conflicts += 1
+                    log.info("tracking call clashed with a parallel run's write; retrying (%d)", conflicts)
+                    if not self._pause(self.min_backoff_s * conflicts):
+                        return
+                    continue
                 if not is_transient(exc):
                     with self._cond:
                         self._error = exc
@@ -139,10 +169,8 @@ class Outbox:
                     down_since = time.monotonic()
                     first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
                     log.warning("tracking store %s unreachable (%s); buffering and retrying", self.name, first)
-                with self._cond:
-                    if self._gave_up:
-                        return
-                    self._cond.wait(wait)
+                if not self._pause(wait):
+                    return
                 wait = min(2 * wait, self.max_backoff_s)
                 continue
             if down_since is not None:

@@ -7,11 +7,12 @@ import socket
 import threading
 
 import pytest
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cnet.errors import TrackingStoreError
-from cnet.outbox import Outbox, OutboxTimeout, is_transient
+from cnet.outbox import MAX_CONFLICT_RETRIES, Outbox, OutboxTimeout, is_conflict, is_transient
 from cnet.tracking import Tracker
 
 
@@ -124,3 +125,64 @@ def test_tracker_finish_gives_up_with_one_line_and_the_run_stays_running(tmp_pat
     with pytest.raises(TrackingStoreError, match=lost):
         tracker.finish()
     assert MlflowClient(uri).get_run(tracker.run_id).info.status == "RUNNING"
+
+
+class CutAnswerServer:
+    """A loopback HTTP server that promises a body and hangs up after its first byte (a server
+    killed while it answers)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_connection_cut_mid_answer_is_transient(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    server = CutAnswerServer()
+    try:
+        with pytest.raises(MlflowException) as cut:
+            MlflowClient(server.url).log_batch("0" * 32, metrics=[Metric("loss", 1.0, 0, 0)])
+    finally:
+        server.close()
+    assert "IncompleteRead" in str(cut.value)  # what the client says, so the test is about this error
+    assert is_transient(cut.value) and not is_conflict(cut.value)
+
+
+def test_a_write_clash_with_a_parallel_run_is_retried_and_a_lasting_one_is_raised():
+    clash = MlflowException(
+        'BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
+    )
+    assert is_conflict(clash) and not is_transient(clash)
+    assert is_conflict(MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id"))
+    tries = {"once": 0, "always": 0}
+
+    def send(kind: str) -> None:
+        tries[kind] += 1
+        if kind == "always" or tries[kind] == 1:
+            raise clash
+
+    box = Outbox("test", min_backoff_s=0.001)
+    box.put(send, "once")
+    box.flush(timeout_s=10)
+    assert tries["once"] == 2
+    box.put(send, "always")
+    with pytest.raises(MlflowException, match="UniqueViolation"):
+        box.flush(timeout_s=10)
+    assert tries["always"] == MAX_CONFLICT_RETRIES + 1
+    box.close(timeout_s=10)

@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.servers import MlflowServer, readme_server_command
+from tests.test_tracking_store import runs_start_on_one_dataset_at_once
 from tests.test_train_cli import FAST, ROOT
 
 pytestmark = [pytest.mark.timeout(900)]
@@ -65,6 +66,11 @@ def test_four_parallel_sweep_jobs_into_a_postgres_backed_server_all_finish(mlflo
         assert r.info.status == "FINISHED", r.data.tags["matching"]
         assert r.data.params["matching._target_"].startswith("cnet.matching") and len(r.data.params) > 50
         assert {"bbox_AP", "crowd_bbox_AP", "train_total", "train_matching"} <= set(r.data.metrics)
+
+
+@pytest.mark.slow
+def test_runs_starting_on_one_dataset_at_once_all_finish_on_the_server(mlflow_postgres: MlflowServer, tmp_path):
+    runs_start_on_one_dataset_at_once(mlflow_postgres.url, tmp_path)
 
 
 def _wait_for(path: Path, text: str, timeout_s: float, proc: subprocess.Popen) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -34,6 +36,42 @@ def test_parallel_processes_on_a_fresh_sqlite_store_lose_nothing(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
     assert sorted(r.data.params["job"] for r in runs) == ["0", "1", "2", "3"]
     assert all(r.info.status == "FINISHED" and r.data.metrics["value"] == float(r.data.params["job"]) for r in runs)
+
+
+def _start_together(tracker: Tracker, barrier: threading.Barrier, ann: Path, errors: list[Exception]) -> None:
+    barrier.wait()
+    tracker.log_dataset("coco", ann)
+    try:
+        tracker.finish()
+    except Exception as exc:
+        errors.append(exc)
+
+
+def runs_start_on_one_dataset_at_once(uri: str, folder: Path, runs: int = 8, rounds: int = 3) -> None:
+    """``runs`` runs log the same dataset at the same moment (a sweep's jobs starting together), on
+    a new dataset each round; every run ends FINISHED with the dataset as its input."""
+    client = MlflowClient(uri)
+    for r in range(rounds):
+        ann = folder / f"instances_{r}.json"
+        ann.write_text(f'{{"round": {r}}}')  # a new digest: the dataset row does not exist yet
+        trackers = [Tracker(uri, "one-dataset", run_name=f"round{r}-{i}") for i in range(runs)]
+        barrier, errors = threading.Barrier(runs), []
+        threads = [threading.Thread(target=_start_together, args=(t, barrier, ann, errors)) for t in trackers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert errors == [], f"round {r}: {len(errors)} of {runs} runs failed: {errors[0]}"
+        for tracker in trackers:
+            run = client.get_run(tracker.run_id)
+            assert run.info.status == "FINISHED"
+            assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["coco"]
+    exp = client.get_experiment_by_name("one-dataset")
+    assert exp is not None and len(client.search_runs([exp.experiment_id])) == runs * rounds
+
+
+def test_runs_starting_on_one_dataset_at_once_all_finish_on_sqlite(tmp_path):
+    runs_start_on_one_dataset_at_once(f"sqlite:///{tmp_path}/mlflow.db", tmp_path, rounds=2)
 
 
 def test_an_unreadable_store_is_one_error_naming_the_file(tmp_path):
