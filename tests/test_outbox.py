@@ -3,6 +3,7 @@ a store that never comes back ends in one error that counts what was not sent.""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 
@@ -127,6 +128,17 @@ def test_tracker_finish_gives_up_with_one_line_and_the_run_stays_running(tmp_pat
     assert MlflowClient(uri).get_run(tracker.run_id).info.status == "RUNNING"
 
 
+def _read_request(conn: socket.socket) -> None:
+    """Read one HTTP request: the headers, then Content-Length bytes of body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+    while len(body) < (int(length.group(1)) if length else 0):
+        body += conn.recv(65536)
+
+
 class CutAnswerServer:
     """A loopback HTTP server that promises a body and hangs up after its first byte (a server
     killed while it answers)."""
@@ -145,8 +157,9 @@ class CutAnswerServer:
             except OSError:
                 return
             with conn:
-                conn.recv(65536)
+                _read_request(conn)  # all of it: unread bytes at close would reset the connection instead
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{")
+                conn.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
         self.sock.close()
