@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnet.compose import build_run
-from cnet.distributed import destroy, init_distributed, is_main
+from cnet.distributed import broadcast_object, destroy, init_distributed, is_main
 from cnet.errors import USER_ERRORS
 from cnet.run import PAPER_GLOBAL_BATCH, Run, resolve_device, seed_everything
 from cnet.tracking import Tracker, flatten_params, resolve_tracking_uri, run_status
@@ -72,6 +72,9 @@ def train(cfg: DictConfig) -> float:
     try:
         seed_everything(cfg.seed)  # before any module is built: weights init from the seed
         run = build_run(cfg, out_dir)
+        # every rank skips a finished job, or none does (rank 0 asks the store)
+        if broadcast_object(is_main() and already_finished(cfg, run, out_dir)):
+            return float(run.resume.metrics.get("bbox_AP", 0.0)) if run.resume else 0.0
         if not env.is_main:  # side effects (MLflow, checkpoints, logs) belong to rank 0
             return float(run.fit(None).get("bbox_AP", 0.0))
         return track_and_fit(cfg, hc, out_dir, run)
@@ -110,14 +113,20 @@ def describe(
     return text
 
 
+def already_finished(cfg: DictConfig, run: Run, out_dir: Path) -> bool:
+    """A re-launched sweep's job whose checkpoint is complete and whose MLflow run is FINISHED."""
+    done = run.resume is not None and run.resume.epoch >= cfg.schedule.epochs and run.resume_run_id
+    uri = resolve_tracking_uri(cfg.tracking.uri, PROJECT_ROOT)
+    if not (done and run_status(uri, str(run.resume_run_id)) == "FINISHED"):
+        return False
+    log.info("already finished: MLflow run %s (%s); skipped", run.resume_run_id, out_dir)
+    write_job_status(out_dir, "SKIPPED", run.resume_run_id)
+    return True
+
+
 def track_and_fit(cfg: DictConfig, hc: Any, out_dir: Path, run: Run) -> float:
     """Fit ``run`` inside its MLflow run (rank 0): params, tags, dataset, metrics, artifacts."""
     uri = resolve_tracking_uri(cfg.tracking.uri, PROJECT_ROOT)
-    done = run.resume is not None and run.resume.epoch >= cfg.schedule.epochs and run.resume_run_id
-    if done and run.resume and run_status(uri, str(run.resume_run_id)) == "FINISHED":  # a re-launched sweep
-        log.info("already finished: MLflow run %s (%s); skipped", run.resume_run_id, out_dir)
-        write_job_status(out_dir, "SKIPPED", run.resume_run_id)
-        return float(run.resume.metrics.get("bbox_AP", 0.0))
     choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v}
     data = dataset_name(cfg, choices.get("data", "data"))
     overrides = [o for o in hc.overrides.task if not o.split("=")[0].lstrip("+~").startswith(("hydra", "data.root"))]

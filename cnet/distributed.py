@@ -46,7 +46,10 @@ def _submitit_env() -> DistEnv | None:
         return None  # not inside a submitit job (e.g. an interactive SLURM shell)
     if env.world_size <= 1:
         return None
-    env.export(overwrite=True)  # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK...
+    # MASTER_ADDR (the first host of the node list), MASTER_PORT (from the job id: the same on every
+    # node), RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE. CUDA_VISIBLE_DEVICES stays as SLURM set
+    # it (all of the node's GPUs, or the task's own with --gpus-per-task): see ``cuda_index``.
+    env.export(set_cuda_visible_devices=False, overwrite=True)
     return DistEnv(env.rank, env.world_size, env.local_rank)
 
 
@@ -54,6 +57,13 @@ def _torchrun_env() -> DistEnv | None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:
         return None
     return DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def cuda_index(local_rank: int, device_count: int | None = None) -> int:
+    """This process's GPU among those it sees: its local rank when it sees every GPU of the node,
+    0 when SLURM bound it to its own (``--gpus-per-task=1``); ``local_rank % device_count``."""
+    count = torch.cuda.device_count() if device_count is None else device_count
+    return local_rank % max(count, 1)
 
 
 def init_distributed(device_type: str) -> DistEnv:
@@ -65,7 +75,7 @@ def init_distributed(device_type: str) -> DistEnv:
         return DistEnv()
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
-        torch.cuda.set_device(env.local_rank)
+        torch.cuda.set_device(cuda_index(env.local_rank))
     dist.init_process_group(backend, rank=env.rank, world_size=env.world_size)
     return env
 

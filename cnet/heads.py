@@ -50,7 +50,11 @@ class Part(Protocol):
 
     ``loss`` returns unweighted scalar terms keyed like ``loss_weights``; term names must be
     unique across the parts of one detector (the criterion refuses a collision).
+    ``idle_in_some_steps``: some training steps leave the part's parameters without a gradient
+    (a head that starts late), so data-parallel training must look for unused parameters.
     """
+
+    idle_in_some_steps: bool
 
     @property
     def loss_weights(self) -> dict[str, float]: ...

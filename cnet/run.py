@@ -84,7 +84,7 @@ PAPER_GLOBAL_BATCH = 96
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto``: this process's GPU (its local rank) when CUDA is available, else the CPU."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{distributed.cuda_index(local_rank)}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 

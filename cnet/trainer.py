@@ -188,8 +188,18 @@ class Trainer:
             if self.config.sync_bn:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=self.find_unused)
         return cast(nn.Module, torch.compile(model)) if self.config.compile else model
+
+    @property
+    def find_unused(self) -> bool:
+        """Whether DDP must search each step's graph for parameters without a gradient.
+
+        Only where a part declares idle steps (a mask head before its ``start_epoch``): the search
+        walks the autograd graph every step, so runs without such a part do not pay for it.
+        Parameters idle on every rank keep ``grad = None``, as in one process.
+        """
+        return any(part.idle_in_some_steps for part in self.criterion.parts.values())
 
     @property
     def checkpoint_path(self) -> Path:

@@ -75,9 +75,10 @@ def train(tmp: Path, name: str, launcher: list[str], extra: list[str]) -> subpro
     return subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
 
 
-def parameters(path: Path) -> dict[str, torch.Tensor]:
+def parameters(path: Path, overrides: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The trained weights (no buffers: DDP keeps rank 0's batch-norm statistics)."""
     state = TrainState.load(path)
-    model = build_detector(compose_config(["adaption=none"]), 4)
+    model = build_detector(compose_config(["adaption=none", *overrides]), 4)
     model.load_state_dict(state.model)  # strict: a DDP checkpoint loads into a plain model
     return dict(model.named_parameters())
 
@@ -102,3 +103,62 @@ def test_two_process_ddp_equals_one_process_with_two_accumulation_steps(tmp_path
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 tracked nothing
     assert runs[0].data.params["batch.world_size"] == "2" and runs[0].data.tags["paper_batch"] == "false"
     assert runs[0].data.metrics["bbox_AP"] >= 0
+
+
+def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp(min=1e-12)).item() for k in a)
+
+
+# epochs 0 (mask head idle: no gradient), 1 (it switches on) and 2; every proposal with a same-class
+# object trains (IoU >= 0), so the head's weights really move; clipping active in every step
+MASK = ["mask_head=centripetal_mask", "mask_head.start_epoch=1", "mask_head.iou_threshold=0.0",
+        "schedule.epochs=3", "schedule.milestones=[2]", "schedule.clip_grad=0.5"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside the interpreter")
+def test_mask_head_under_ddp_equals_one_process_with_accumulation_across_its_start_epoch(tmp_path):
+    batch = ["trainer.batch_size=2", "trainer.global_batch=4", "schedule.warmup_iters=0", *MASK]
+    one = train(tmp_path, "accum", [sys.executable], batch)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = train(tmp_path, "ddp", [str(TORCHRUN), "--standalone", "--nproc_per_node=2"], batch)
+    assert two.returncode == 0, two.stderr[-3000:]
+    head = ("mask_head=centripetal_mask",)
+    a, b = (
+        parameters(tmp_path / "accum/checkpoints/last.pt", head),
+        parameters(tmp_path / "ddp/checkpoints/last.pt", head),
+    )
+    assert any(k.startswith("mask_head.") for k in a)
+    worst = max_relative_difference(a, b)
+    assert worst <= 1e-6, f"max relative difference {worst:.3g}"
+    for name in ("ddp", "accum"):  # the head trained from epoch 1 on: a positive mask loss
+        client = MlflowClient(f"sqlite:///{tmp_path}/{name}.db")
+        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        mask = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train_mask")}
+        assert mask[1] == 0 and mask[2] > 0 and mask[3] > 0, mask
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside the interpreter")
+def test_two_nodes_on_one_machine_equal_one_node_with_two_processes(tmp_path):
+    batch = ["trainer.batch_size=2", "schedule.warmup_iters=0", "schedule.epochs=2", "schedule.milestones=[1]"]
+    one_node = train(tmp_path, "one_node", [str(TORCHRUN), "--standalone", "--nproc_per_node=2"], batch)
+    assert one_node.returncode == 0, one_node.stderr[-3000:]
+    # two launchers, one per "node", meeting at node 0's address (as two SLURM nodes would)
+    env = dict(os.environ, CNET_CACHE_DIR=str(tmp_path / "cache"),
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/two_nodes.db", OMP_NUM_THREADS="1")  # fmt: skip
+    port = free_port()
+    args = [str(ROOT / "train.py"), *FAST, f"hydra.run.dir={tmp_path / 'two_nodes'}", "adaption=none", *batch]
+    nodes = [
+        subprocess.Popen([str(TORCHRUN), "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
+                          "--master_addr=127.0.0.1", f"--master_port={port}", *args],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    outs = [node.communicate(timeout=900)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert "world_size 2, batch_per_process 2" in outs[0]
+    a, b = parameters(tmp_path / "one_node/checkpoints/last.pt"), parameters(tmp_path / "two_nodes/checkpoints/last.pt")
+    worst = max_relative_difference(a, b)
+    assert worst <= 1e-6, f"max relative difference {worst:.3g}"

@@ -22,6 +22,7 @@ class Adaption(nn.Module):
     """
 
     changes_features: bool = True
+    idle_in_some_steps: bool = False  # every training step reaches every parameter
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()

@@ -29,6 +29,7 @@ class MaskHead(nn.Module):
     """
 
     uses_masks: bool = False
+    idle_in_some_steps: bool = False  # True: some steps give its parameters no gradient (Part)
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()

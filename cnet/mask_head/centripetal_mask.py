@@ -74,6 +74,7 @@ class CentripetalMask(MaskHead):
         self.roi_size, self.mask_size, self.class_agnostic = roi_size, mask_size, class_agnostic
         self.num_proposals, self.corner_topk = num_proposals, corner_topk
         self.iou_threshold, self.start_epoch, self.loss_weight = iou_threshold, start_epoch, loss_weight
+        self.idle_in_some_steps = start_epoch > 0  # no gradient before start_epoch (DDP: find unused)
 
     @property
     def loss_weights(self) -> dict[str, float]:

@@ -30,6 +30,7 @@ class Matching(nn.Module, ABC):
     # loss terms supervising every cell (heatmaps): positive even without objects, unlike the
     # regression/embedding terms, which are exactly 0 then
     dense_terms: tuple[str, ...] = ()
+    idle_in_some_steps: bool = False  # every training step reaches every parameter
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
