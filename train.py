@@ -73,7 +73,7 @@ def train(cfg: DictConfig) -> float:
         seed_everything(cfg.seed)  # before any module is built: weights init from the seed
         run = build_run(cfg, out_dir)
         # every rank skips a finished job, or none does (rank 0 asks the store)
-        if broadcast_object(is_main() and already_finished(cfg, run, out_dir)):
+        if broadcast_object(env.is_main and already_finished(cfg, run, out_dir)):
             return float(run.resume.metrics.get("bbox_AP", 0.0)) if run.resume else 0.0
         if not env.is_main:  # side effects (MLflow, checkpoints, logs) belong to rank 0
             return float(run.fit(None).get("bbox_AP", 0.0))
