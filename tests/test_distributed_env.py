@@ -16,8 +16,13 @@ def slurm_task(monkeypatch: pytest.MonkeyPatch, procid: int, cuda_visible: str |
     """The environment of task ``procid`` of job 4242: 16 tasks on gpu-node[07-08], 8 per node
     (srun's block distribution: tasks 0-7 on gpu-node07, 8-15 on gpu-node08)."""
     for key in list(os.environ):
-        if key.startswith(("SLURM_", "SUBMITIT_")) or key in DIST_VARS:
+        if key.startswith(("SLURM_", "SUBMITIT_")):
             monkeypatch.delenv(key, raising=False)
+    # submitit's export() writes these straight into os.environ: register each with monkeypatch
+    # (set, then delete) so the undo removes them, else later subprocesses think they are rank N of 16
+    for key in DIST_VARS:
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     values = {
         "SLURM_JOB_ID": "4242",
         "SLURM_NTASKS": "16",
@@ -78,3 +83,9 @@ def test_a_job_of_one_task_stays_single_process(monkeypatch):
 )
 def test_each_task_takes_a_gpu_it_can_see(local_rank, visible, expected):
     assert cuda_index(local_rank, visible) == expected
+
+
+def test_no_rendezvous_variable_outlives_a_test():
+    # runs after the SLURM tests above: a leaked RANK/WORLD_SIZE makes every later train.py
+    # subprocess wait for 15 peers (or clash on MASTER_PORT), as CI once saw
+    assert not any(key in os.environ for key in DIST_VARS)
