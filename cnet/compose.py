@@ -89,6 +89,7 @@ def build_run(cfg: DictConfig, out_dir: Path) -> Run:
         test_transform=instantiate(cfg.data.test_transform),
         backbone=instantiate(cfg.backbone),
         parts=build_parts(cfg),
+        criterion=instantiate(cfg.criterion),
         optimizer=instantiate(cfg.optim),
         schedule=to_dataclass(ScheduleConfig, cfg.schedule),
         trainer=to_dataclass(TrainerConfig, cfg.trainer),

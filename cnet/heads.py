@@ -48,8 +48,10 @@ class CornerFeatures:
 class Part(Protocol):
     """What the criterion needs from a pluggable part of the detector (matching, adaption, ...).
 
-    ``loss`` returns unweighted scalar terms keyed like ``loss_weights``; term names must be
-    unique across the parts of one detector (the criterion refuses a collision).
+    ``loss`` returns unweighted scalar terms keyed like ``loss_weights``; a term measured once per
+    corner comes as ``tl_<term>`` and ``br_<term>``, which the criterion joins by its convention
+    (sum: the paper; mean: mmdetection). Term names must be unique across the parts of one
+    detector (the criterion refuses a collision).
     ``idle_in_some_steps``: some training steps leave the part's parameters without a gradient
     (a head that starts late), so data-parallel training must look for unused parameters.
     """

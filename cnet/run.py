@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from cnet import distributed
 from cnet.checkpoint import checkpoint_exists
-from cnet.criterion import Criterion
+from cnet.criterion import CornerSum, Criterion
 from cnet.data import CocoData, collate
 from cnet.data.coco import CocoDetection
 from cnet.data.sampler import GlobalBatchSampler, ShardSampler
@@ -150,9 +150,11 @@ class Run:
     """Datasets, loaders, detector, criterion, post-processor, optimizer and schedule of one job.
 
     ``parts`` are the detector's part factories by name (``matching``, ``adaption``, ``mask_head``: see
-    :class:`cnet.detector.CornerDetector`). ``resume_run_id`` is the MLflow run of an interrupted
-    earlier attempt in ``out_dir`` (None for a fresh run); ``fit(tracker)`` continues it to the
-    end and evaluates; ``evaluate()`` scores a checkpoint without training.
+    :class:`cnet.detector.CornerDetector`); ``criterion`` is the loss convention's factory, called
+    with the number of classes and the model's parts (``criterion=corner_sum``: the paper).
+    ``resume_run_id`` is the MLflow run of an interrupted earlier attempt in ``out_dir`` (None for a
+    fresh run); ``fit(tracker)`` continues it to the end and evaluates; ``evaluate()`` scores a
+    checkpoint without training.
     """
 
     def __init__(
@@ -170,6 +172,7 @@ class Run:
         seed: int = 0,
         device: str = "auto",
         extra_val: dict[str, CocoData] | None = None,
+        criterion: Callable[..., Criterion] = CornerSum,
     ) -> None:
         seed_everything(seed)
         self.env = distributed.current()
@@ -198,7 +201,7 @@ class Run:
         self.model = CornerDetector(backbone, train_set.num_classes, **cast(dict[str, Any], parts)).to(self.device)
         train_set.with_masks = self.model.uses_masks  # decode the segmentations only for a mask head
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
-        self.criterion = Criterion(train_set.num_classes, self.model.parts)
+        self.criterion = criterion(train_set.num_classes, self.model.parts)
         self.predictor = build_predictor(
             self.model, train_set.num_classes, test, int(getattr(test_transform, "pad_or", 127))
         )

@@ -16,7 +16,7 @@ from cnet.run import TestConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
-GROUPS = ["backbone", "matching", "adaption", "mask_head", "data", "optim", "schedule", "trainer", "test"]
+GROUPS = ["backbone", "matching", "adaption", "mask_head", "criterion", "data", "optim", "schedule", "trainer", "test"]
 
 
 options = group_options

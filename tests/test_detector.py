@@ -10,7 +10,7 @@ import torch
 from cnet.adaption.cross_star import CrossStar
 from cnet.adaption.none import NoAdaption
 from cnet.backbone import HourglassNet
-from cnet.criterion import Criterion
+from cnet.criterion import CornerSum
 from cnet.detector import CornerDetector, CornerHead
 from cnet.matching.centripetal import Centripetal
 from cnet.postprocess import PostProcess
@@ -40,7 +40,7 @@ def test_train_forward_has_one_level_per_stack_and_all_terms():
     lvl = out.levels[-1]
     assert lvl["tl_heat"].shape == (2, 3, 16, 16) and lvl["tl_cs"].shape == (2, 2, 16, 16)
     assert lvl["tl_guiding"].shape == (2, 2, 16, 16)
-    criterion = Criterion(3, model.parts)
+    criterion = CornerSum(3, model.parts)
     losses = criterion(out, GT)
     assert set(losses) == {"det", "off", "guiding", "centripetal"}
     assert criterion.weight_dict["guiding"] == 0.05
@@ -54,7 +54,7 @@ def test_train_forward_has_one_level_per_stack_and_all_terms():
 @pytest.mark.parametrize("adaption", [NoAdaption, CrossStar])
 def test_empty_ground_truth_losses(adaption):
     model = tiny_detector(adaption, num_stacks=1)
-    criterion = Criterion(3, model.parts)
+    criterion = CornerSum(3, model.parts)
     losses = criterion(model(torch.randn(1, 3, 31, 31)), [GroundTruth.empty()])
     assert losses["det"] > 0
     for k in losses.keys() - {"det"}:

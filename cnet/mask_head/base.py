@@ -60,5 +60,6 @@ class MaskHead(nn.Module):
         return {}
 
     def loss(self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
-        """Unweighted loss terms keyed like ``loss_weights`` (none by default)."""
+        """Unweighted loss terms keyed like ``loss_weights``, or ``tl_<term>``/``br_<term>`` per corner
+        (the criterion joins the two); none by default."""
         return {}

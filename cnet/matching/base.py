@@ -52,7 +52,8 @@ class Matching(nn.Module, ABC):
 
     @abstractmethod
     def loss(self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
-        """Unweighted loss terms (scalars) keyed like ``loss_weights``."""
+        """Unweighted loss terms (scalars) keyed like ``loss_weights``, or ``tl_<term>``/``br_<term>``
+        for a term measured per corner (the criterion joins the two)."""
 
     @abstractmethod
     def targets_as_predictions(self, targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:

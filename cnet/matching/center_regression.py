@@ -64,7 +64,7 @@ class CenterRegression(CentralRegionMatching):
     def loss(self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         tl = masked_smooth_l1(pred["tl_cr"], targets["tl_cr"], corners.tl_mask)
         br = masked_smooth_l1(pred["br_cr"], targets["br_cr"], corners.br_mask)
-        return {"center_regression": (tl + br) / 2}
+        return {"tl_center_regression": tl, "br_center_regression": br}  # joined by the criterion
 
     def targets_as_predictions(self, targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         return {"tl_cr": targets["tl_cr"], "br_cr": targets["br_cr"]}

@@ -164,7 +164,7 @@ class Centripetal(CentralRegionMatching):
     def loss(self, pred: dict[str, Tensor], targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         tl = masked_smooth_l1(pred["tl_cs"], targets["tl_cs"], corners.tl_mask)
         br = masked_smooth_l1(pred["br_cs"], targets["br_cs"], corners.br_mask)
-        return {"centripetal": (tl + br) / 2}
+        return {"tl_centripetal": tl, "br_centripetal": br}  # joined by the criterion
 
     def targets_as_predictions(self, targets: dict[str, Tensor], corners: CornerTargets) -> dict[str, Tensor]:
         return {"tl_cs": targets["tl_cs"], "br_cs": targets["br_cs"]}

@@ -31,7 +31,7 @@ import torch.multiprocessing as mp
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnet.compose import build_detector, compose_config
-from cnet.criterion import Criterion
+from cnet.criterion import CornerSum
 from cnet.files import write_text_atomic
 from cnet.types import GroundTruth
 
@@ -58,7 +58,7 @@ def train_step_times(overrides: list[str], batch: int, size: int, precision: str
                      device: torch.device) -> tuple[list[float], Any]:  # fmt: skip
     """Seconds per optimizer step (forward, criterion, backward, Adam) of the composed model."""
     model = build_detector(compose_config(overrides), 80).to(device).train()
-    criterion = Criterion(80, model.parts)
+    criterion = CornerSum(80, model.parts)
     trained: torch.nn.Module = model
     if dist.is_initialized():
         trained = torch.nn.parallel.DistributedDataParallel(model)

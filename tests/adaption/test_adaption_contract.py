@@ -12,7 +12,7 @@ import torch
 
 from cnet.backbone import HourglassNet
 from cnet.compose import group_options, option_factory
-from cnet.criterion import Criterion
+from cnet.criterion import CornerSum
 from cnet.detector import CornerDetector
 from cnet.targets import encode_corners
 from cnet.types import Grid, GroundTruth
@@ -70,7 +70,7 @@ def test_gradients_reach_every_parameter(name):
     tl, br, maps = a(tl_pool, br_pool)
     grid = Grid(4 * H, 4 * W, H, W)
     corners = encode_corners(two_objects(), grid, 2)
-    losses = a.loss(maps, a.encode_targets(corners, grid), corners)
+    losses = CornerSum(2, {"adaption": a}).join(a.loss(maps, a.encode_targets(corners, grid), corners))
     assert set(losses) == set(a.loss_weights)
     total = tl.square().mean() + br.square().mean() + sum(a.loss_weights[k] * v for k, v in losses.items())
     assert all(torch.isfinite(v) and v >= 0 for v in losses.values())
@@ -103,7 +103,7 @@ def test_every_adaption_composes_with_every_matching(matching, adaption):
     # every configured strategy predicts from the adapted feature (the refusal is tested in test_detector)
     model = CornerDetector(backbone, 2, m_factory, a_factory)
     images = torch.randn(2, 3, 47, 47)  # output map 12 x 12
-    criterion = Criterion(2, model.parts)
+    criterion = CornerSum(2, model.parts)
     losses = criterion(model(images), two_objects())
     assert set(losses) == set(criterion.weight_dict)
     total = criterion.total(losses)

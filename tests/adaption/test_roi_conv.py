@@ -114,7 +114,7 @@ def test_box_size_targets_and_loss():
     assert t["tl_box_size"].abs().sum() == expected.abs().sum()  # nothing elsewhere
     m = RoIConv(in_channels=4)
     perfect = {"tl_box_size": t["tl_box_size"], "br_box_size": t["br_box_size"]}
-    assert m.loss(perfect, t, corners)["box_size"] == 0
+    assert m.loss(perfect, t, corners) == {"tl_box_size": 0, "br_box_size": 0}
     off = {k: v + 0.5 for k, v in perfect.items()}
-    assert m.loss(off, t, corners)["box_size"] > 0
+    assert all(v > 0 for v in m.loss(off, t, corners).values())
     assert m.loss_weights == {"box_size": 0.05}

@@ -7,7 +7,7 @@ import torch
 
 from cnet.adaption.none import NoAdaption
 from cnet.backbone import HourglassNet
-from cnet.criterion import Criterion
+from cnet.criterion import CornerSum
 from cnet.detector import CornerDetector
 from cnet.mask_head.centripetal_mask import CentripetalMask
 from cnet.masks import crop_masks
@@ -112,7 +112,7 @@ def detector(start_epoch: int) -> CornerDetector:
 
 def test_no_mask_gradient_before_start_epoch_then_the_head_trains():
     model = detector(start_epoch=1).train()
-    criterion = Criterion(K, model.parts)
+    criterion = CornerSum(K, model.parts)
     images, gts = torch.randn(1, 3, 64, 64), ground_truth()
     criterion.set_epoch(0)
     out = model(images)

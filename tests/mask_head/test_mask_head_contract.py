@@ -12,7 +12,7 @@ import torch
 
 from cnet.backbone import HourglassNet
 from cnet.compose import build_detector, compose_config, group_options
-from cnet.criterion import Criterion
+from cnet.criterion import CornerSum
 from cnet.mask_head import MaskHead
 from cnet.types import GroundTruth
 
@@ -52,7 +52,7 @@ def test_every_combination_composes_and_trains_a_step(mask_head, matching, adapt
         assert "use adaption=none" in str(err)
         return
     assert isinstance(model.mask_head, MaskHead) and model.parts["mask_head"] is model.mask_head
-    criterion = Criterion(K, model.parts)
+    criterion = CornerSum(K, model.parts)
     criterion.set_epoch(0)
     model.train()
     losses = criterion(model(torch.randn(2, 3, 32, 32)), ground_truth())

@@ -91,14 +91,16 @@ def test_loss_is_exactly_zero_on_empty_ground_truth_and_on_perfect_predictions()
     torch.manual_seed(0)
     pred = matching(CornerFeatures(*[torch.randn(1, 8, 32, 32) for _ in range(5)]))
     empty = encode_corners([GroundTruth.empty()], GRID, 1)
-    assert matching.loss(pred, matching.encode_targets(empty, GRID), empty) == {"center_regression": 0.0}
+    halves = {"tl_center_regression": 0.0, "br_center_regression": 0.0}  # one term per corner
+    assert matching.loss(pred, matching.encode_targets(empty, GRID), empty) == halves
     gt = GroundTruth(
         torch.tensor([[42.0, 42.0, 47.0, 47.0], [8.0, 8.0, 40.0, 40.0]]), torch.zeros(2, dtype=torch.int64)
     )
     corners = encode_corners([gt], GRID, 1)
     t = matching.encode_targets(corners, GRID)
-    assert matching.loss(matching.targets_as_predictions(t, corners), t, corners)["center_regression"].item() == 0.0
-    assert matching.loss(pred, t, corners)["center_regression"].item() > 0
+    perfect = matching.loss(matching.targets_as_predictions(t, corners), t, corners)
+    assert all(v.item() == 0.0 for v in perfect.values())
+    assert all(v.item() > 0 for v in matching.loss(pred, t, corners).values())
 
 
 def test_parameters_match_centripetal_defaults_and_validate():

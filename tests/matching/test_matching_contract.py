@@ -11,6 +11,7 @@ import torch
 from torchvision.ops import box_iou
 
 from cnet.compose import group_options, option_factory
+from cnet.criterion import CornerSum
 from cnet.heads import CornerFeatures
 from cnet.postprocess import PostProcess
 from cnet.targets import encode_corners
@@ -116,13 +117,15 @@ def test_losses_on_empty_one_and_two_objects(name):
     for v in pred.values():
         assert v.shape[0] == 1 and v.shape[-2:] == (16, 16)
     empty = encode_corners([GroundTruth.empty()], grid, 3)
-    losses = matching.loss(pred, matching.encode_targets(empty, grid), empty)
+    join = CornerSum(3, {"matching": matching}).join  # per-corner halves -> the named terms
+    losses = join(matching.loss(pred, matching.encode_targets(empty, grid), empty))
     assert set(losses) == set(matching.loss_weights)
     for k, v in losses.items():  # regression/embedding terms vanish; heatmap terms keep their negatives
         assert (v.item() > 0) if k in matching.dense_terms else (v.item() == 0.0), k
     two = GroundTruth(torch.tensor([[4.0, 6.0, 40.0, 30.0], [20.0, 22.0, 60.0, 62.0]]), torch.tensor([0, 2]))
     corners = encode_corners([two], grid, 3)
-    losses = matching.loss(pred, matching.encode_targets(corners, grid), corners)
+    losses = join(matching.loss(pred, matching.encode_targets(corners, grid), corners))
+    assert set(losses) == set(matching.loss_weights)
     assert all(torch.isfinite(v) for v in losses.values())
     assert sum(v.item() for v in losses.values()) > 0
     total = sum(losses.values())

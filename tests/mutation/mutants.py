@@ -201,10 +201,18 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "criterion_br_heat_against_tl_targets",
         "criterion",
-        "cnet/criterion.py",
-        'corner_focal_loss(level["br_heat"], corners.br_heat)',
-        'corner_focal_loss(level["br_heat"], corners.tl_heat)',
-        ("tests/test_criterion.py",),
+        "cnet/criterion/base.py",
+        '"br_det": corner_focal_loss(level["br_heat"], corners.br_heat)',
+        '"br_det": corner_focal_loss(level["br_heat"], corners.tl_heat)',
+        ("tests/criterion/test_criterion.py",),
+    ),
+    Mutant(
+        "paper_criterion_averages_the_corners",
+        "criterion",
+        "cnet/criterion/corner_sum.py",
+        "        return tl + br",
+        "        return (tl + br) / 2",
+        ("tests/criterion/test_conventions.py",),
     ),
     # --- post-processing and NMS
     Mutant(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnet.criterion import Criterion
+from cnet.criterion import CornerSum
 from cnet.matching.centripetal import Centripetal
 from cnet.ops import heat_to_logit
 from cnet.targets import encode_corners
@@ -28,7 +28,7 @@ def perfect_level(matching: Centripetal) -> dict[str, torch.Tensor]:
 
 def test_perfect_maps_give_near_zero_losses_and_swapped_heatmaps_do_not():
     matching = Centripetal(8, 2)
-    criterion = Criterion(2, {"matching": matching})
+    criterion = CornerSum(2, {"matching": matching})
     level = perfect_level(matching)
     losses = criterion(Outputs([level], (64, 64)), GT)
     assert set(losses) == {"det", "off", "centripetal"}
@@ -43,7 +43,7 @@ def test_perfect_maps_give_near_zero_losses_and_swapped_heatmaps_do_not():
 
 def test_terms_add_over_levels_and_total_weights_them():
     matching = Centripetal(8, 2)
-    criterion = Criterion(2, {"matching": matching}, det_weight=2.0, off_weight=3.0)
+    criterion = CornerSum(2, {"matching": matching}, det_weight=2.0, off_weight=3.0)
     level = perfect_level(matching) | {"tl_off": torch.zeros(1, 2, 16, 16)}
     one = criterion(Outputs([level], (64, 64)), GT)
     two = criterion(Outputs([level, level], (64, 64)), GT)
@@ -55,4 +55,4 @@ def test_terms_add_over_levels_and_total_weights_them():
 
 def test_two_parts_naming_one_term_are_refused():
     with pytest.raises(ValueError, match="centripetal"):
-        Criterion(2, {"matching": Centripetal(8, 2), "other": Centripetal(8, 2)})
+        CornerSum(2, {"matching": Centripetal(8, 2), "other": Centripetal(8, 2)})
