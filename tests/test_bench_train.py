@@ -27,3 +27,7 @@ def test_cpu_process_scaling_and_model_section(tmp_path):
     assert saved["cpu"][1]["batch_per_process"] == 2
     md = (tmp_path / "bench_train.md").read_text()
     assert "| 2 | 2 |" in md and "| fp32 | 2 |" in md
+    # the cost of DDP's unused-parameter search, measured on the mask-head model
+    assert [r["find_unused_parameters"] for r in result["find_unused"]] == [False, True]
+    assert all(r["step_s"] > 0 for r in result["find_unused"])
+    assert "| True |" in md and "mask_head=centripetal_mask" in md

@@ -1,7 +1,10 @@
 """Training (and flip-test inference) throughput: `python -m cnet.tools.bench_train`.
 
 * ``--device cpu``: training images/s of the tiny model with 1 and 2 processes (DDP over gloo),
-  each process at ``--batch`` images per step -> ``reports/bench_train.{json,md}``.
+  each process at ``--batch`` images per step, and what DDP's search for unused parameters costs
+  per step (2 processes, the model with the mask head on: ``find_unused_parameters`` False vs
+  True; cnet turns it on only for a part that declares idle steps) ->
+  ``reports/bench_train.{json,md}``.
 * ``--device cuda`` (or ``--model`` on the CPU, for tests): HG-104 CentripetalNet (cross-star)
   training images/s at batch 6 in bf16 and fp32, peak memory, model FLOP utilisation (FLOPs of
   one step from ``torch.utils.flop_counter`` over the GPU's dense peak), and inference images/s
@@ -45,7 +48,10 @@ def _batch(batch: int, size: int, device: torch.device) -> tuple[torch.Tensor, l
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=g).to(device)
     box = torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.9]]) * size
-    targets = [GroundTruth(box.clone(), torch.tensor([1, 2])).to(device) for _ in range(batch)]
+    masks = torch.zeros(2, size, size, dtype=torch.bool)  # each object fills its box (for a mask head)
+    for m, (x1, y1, x2, y2) in zip(masks, box.long().tolist(), strict=True):
+        m[y1:y2, x1:x2] = True
+    targets = [GroundTruth(box.clone(), torch.tensor([1, 2]), masks.clone()).to(device) for _ in range(batch)]
     return images, targets
 
 
@@ -55,13 +61,13 @@ def _sync(device: torch.device) -> None:
 
 
 def train_step_times(overrides: list[str], batch: int, size: int, precision: str, steps: int, warmup: int,
-                     device: torch.device) -> tuple[list[float], Any]:  # fmt: skip
+                     device: torch.device, find_unused: bool = False) -> tuple[list[float], Any]:  # fmt: skip
     """Seconds per optimizer step (forward, criterion, backward, Adam) of the composed model."""
     model = build_detector(compose_config(overrides), 80).to(device).train()
     criterion = CornerSum(80, model.parts)
     trained: torch.nn.Module = model
     if dist.is_initialized():
-        trained = torch.nn.parallel.DistributedDataParallel(model)
+        trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     images, targets = _batch(batch, size, device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
@@ -89,7 +95,7 @@ def _cpu_worker(rank: int, world: int, init_file: str, args: dict[str, Any], out
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     times, _ = train_step_times(args["overrides"], args["batch"], args["size"], "fp32", args["steps"],
-                                args["warmup"], torch.device("cpu"))  # fmt: skip
+                                args["warmup"], torch.device("cpu"), args.get("find_unused", False))  # fmt: skip
     if rank == 0:
         Path(out).write_text(json.dumps(times))
     if world > 1:
@@ -109,6 +115,28 @@ def bench_cpu_processes(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append({"processes": world, "batch_per_process": args.batch, "step_s": step_s,
                      "images_per_s": world * args.batch / step_s})  # fmt: skip
         print(f"train cpu  {world} process(es): {rows[-1]['images_per_s']:.1f} images/s", flush=True)
+    return rows
+
+
+MASK_ON = ["mask_head=centripetal_mask", "mask_head.start_epoch=0"]
+
+
+def bench_find_unused(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Seconds per 2-process DDP step of the model with the mask head on, without and with DDP's
+    search for unused parameters (every parameter gets a gradient here, so both train the same)."""
+    rows = []
+    for find_unused in (False, True):
+        spec = {"overrides": args.overrides + MASK_ON, "batch": args.batch, "size": args.size,
+                "steps": args.steps, "warmup": args.warmup, "find_unused": find_unused}  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "times.json")
+            mp.spawn(_cpu_worker, args=(2, os.path.join(tmp, "init"), spec, out), nprocs=2, join=True)
+            rows.append(
+                {"find_unused_parameters": find_unused, "step_s": statistics.median(json.loads(Path(out).read_text()))}
+            )
+        print(
+            f"train cpu  2 processes, find_unused_parameters={find_unused}: {rows[-1]['step_s']:.3f} s/step", flush=True
+        )
     return rows
 
 
@@ -166,6 +194,12 @@ def to_markdown(result: dict[str, Any]) -> str:
         base = result["cpu"][0]["images_per_s"]
         lines += [f"| {r['processes']} | {r['batch_per_process']} | {r['images_per_s']:.1f} | "
                   f"{r['images_per_s'] / base:.2f}x |" for r in result["cpu"]]  # fmt: skip
+    if "find_unused" in result:
+        lines += ["", f"DDP, 2 processes, `{' '.join(result['overrides'] + MASK_ON)}`:", "",
+                  "| find_unused_parameters | s / step | vs off |", "|---|---|---|"]  # fmt: skip
+        off = result["find_unused"][0]["step_s"]
+        lines += [f"| {r['find_unused_parameters']} | {r['step_s']:.3f} | {r['step_s'] / off:.2f}x |"
+                  for r in result["find_unused"]]  # fmt: skip
     if "model" in result:
         lines += ["| precision | batch | images/s | peak memory GiB | TFLOP/step | MFU |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['precision']} | {r['batch']} | {r['images_per_s']:.1f} | {r['peak_memory_gib']:.1f} | "
@@ -205,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     else:
         result["cpu"] = bench_cpu_processes(args)
+        result["find_unused"] = bench_find_unused(args)
     if cuda or args.model:
         result["model"] = bench_model(args, device)
     stem = "bench_cuda" if cuda else "bench_train"
