@@ -8,12 +8,15 @@ between ``candidates`` and ``finalize``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
+from torch import Tensor
 
 from cnet.decode import Candidates, decode_candidates, pair_candidates
 from cnet.matching.base import Matching
 from cnet.nms import soft_nms
-from cnet.types import Detections, ImageMeta, Outputs, unpad_boxes
+from cnet.types import Detections, ImageMeta, Outputs, image_frames, unpad_boxes
 
 __all__ = ["Candidates", "PostProcess", "pair_candidates"]
 
@@ -44,11 +47,13 @@ class PostProcess:
         self.corner_topk, self.num_dets, self.max_per_image = corner_topk, num_dets, max_per_image
         self.nms_sigma, self.nms_min_score, self.kernel = nms_sigma, nms_min_score, kernel
 
-    def candidates(self, outputs: Outputs) -> list[Candidates]:
-        """Raw scored pairs per batch entry, boxes in input pixels (before NMS)."""
-        return decode_candidates(
-            outputs.levels[-1], outputs.grid, self.matching, self.corner_topk, self.num_dets, self.kernel
-        )
+    def candidates(self, outputs: Outputs, origin: Tensor | None = None) -> list[Candidates]:
+        """Raw scored pairs per batch entry, boxes in input pixels (before NMS).
+
+        origin: [B, 2] (x, y) input pixels where each entry's image begins (``Grid.origin``).
+        """
+        grid = replace(outputs.grid, origin=origin)
+        return decode_candidates(outputs.levels[-1], grid, self.matching, self.corner_topk, self.num_dets, self.kernel)
 
     @torch.no_grad()
     def finalize(self, candidates: list[Candidates], metas: list[ImageMeta]) -> list[Detections]:
@@ -69,4 +74,4 @@ class PostProcess:
     @torch.no_grad()
     def __call__(self, outputs: Outputs, metas: list[ImageMeta]) -> list[Detections]:
         """One view per batch entry (no test-time augmentation)."""
-        return self.finalize(self.candidates(outputs), metas)
+        return self.finalize(self.candidates(outputs, image_frames(metas)[:, :2]), metas)

@@ -30,7 +30,7 @@ from cnet.evaluation.mispair import classify_results, mispair_figures
 from cnet.masks import encode_rle, paste_masks
 from cnet.ops import mirror_boxes
 from cnet.postprocess import Candidates, PostProcess
-from cnet.types import Detections, GroundTruth, ImageMeta, Outputs, pad_boxes
+from cnet.types import Detections, GroundTruth, ImageMeta, Outputs, image_frames, pad_boxes
 
 Oracle = Callable[[Outputs, list[GroundTruth]], Outputs]
 ORACLE_PREFIX = "oracle_"  # metric/results prefix of the matching-only variant
@@ -235,19 +235,20 @@ class Predictor:
         self, images: Tensor, metas: list[ImageMeta], targets: list[GroundTruth] | None = None
     ) -> dict[str, list[Detections]]:
         size = (int(images.shape[-2]), int(images.shape[-1]))  # the plain input batch [B, 3, H, W]
+        frames = image_frames(metas)  # [B, 4] the images inside the plain input; views map their origin
         with_oracle = self.oracle is not None and targets is not None
         cands: dict[str, list[list[Candidates]]] = {"": [], ORACLE_PREFIX: []}  # per view: per image
         passes: list[tuple[list[View], Outputs]] = []  # kept for the mask head
         for views in self.groups(size):
             outputs = self.model(torch.cat([view.apply(images) for view in views]))  # [V*B, ...]
             passes.append((views, outputs))
-            cands[""] += self._per_view(outputs, views, size, len(metas))
+            cands[""] += self._per_view(outputs, views, size, frames)
             if with_oracle:
                 assert self.oracle is not None and targets is not None
                 view_targets = [
                     GroundTruth(view.apply_boxes(t.boxes, size), t.labels) for view in views for t in targets
                 ]
-                cands[ORACLE_PREFIX] += self._per_view(self.oracle(outputs, view_targets), views, size, len(metas))
+                cands[ORACLE_PREFIX] += self._per_view(self.oracle(outputs, view_targets), views, size, frames)
         result = {"": self._merge(cands[""], metas)}
         if self.mask_head is not None and all(out.features is not None for _, out in passes):
             for i, (det, meta) in enumerate(zip(result[""], metas)):
@@ -258,9 +259,13 @@ class Predictor:
             result[ORACLE_PREFIX] = self._merge(cands[ORACLE_PREFIX], metas)
         return result
 
-    def _per_view(self, outputs: Outputs, views: list[View], size: tuple[int, int], b: int) -> list[list[Candidates]]:
-        """Candidates of one forward pass (view-major: entry v * B + i), boxes in plain-input pixels."""
-        cands = self.postprocess.candidates(outputs)
+    def _per_view(
+        self, outputs: Outputs, views: list[View], size: tuple[int, int], frames: Tensor
+    ) -> list[list[Candidates]]:
+        """Candidates of one forward pass (view-major: entry v * B + i), boxes in plain-input pixels; each
+        entry's ``Grid.origin`` is its image frame's (``frames`` [B, 4]) top-left in the view (mirror: W - x2)."""
+        b = len(frames)
+        cands = self.postprocess.candidates(outputs, torch.cat([v.apply_boxes(frames, size)[:, :2] for v in views]))
         return [
             [Candidates(view.invert(c.boxes, size), c.scores, c.labels) for c in cands[v * b : (v + 1) * b]]
             for v, view in enumerate(views)

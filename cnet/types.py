@@ -65,12 +65,19 @@ class Grid:
 
     The output map is ``out_h x out_w``; one output cell spans ``in_w / out_w`` input pixels
     (511 / 128 = 3.9921875 for HG-104, not exactly the stride 4).
+
+    origin: [B, 2] float (x, y), input pixels: where each batch entry's image begins inside the
+        network input, i.e. its (left, top) pad border as the entry's test view maps it (a mirrored
+        view: the mirrored border; see ``cnet.predictor``). None: (0, 0) for every entry (training
+        crops, target encoding). Only pairing rules that clamp at the image origin read it
+        (``matching=centripetal_mmdet``).
     """
 
     in_h: int
     in_w: int
     out_h: int
     out_w: int
+    origin: Tensor | None = field(default=None, compare=False)
 
     @property
     def ratio_x(self) -> float:
@@ -150,6 +157,13 @@ def pad_boxes(boxes: Tensor, meta: ImageMeta) -> Tensor:
     """Original-image xyxy boxes [N, 4] -> network-input pixels: ``x * scale + left`` (inverse of unpad)."""
     top, left = meta.border
     return boxes * meta.scale + boxes.new_tensor([left, top, left, top])
+
+
+def image_frames(metas: list[ImageMeta]) -> Tensor:
+    """[B, 4] xyxy of each image inside its network input (input pixels): ``pad_boxes`` of the whole image."""
+    if not metas:
+        return torch.zeros(0, 4)
+    return torch.cat([pad_boxes(torch.tensor([[0.0, 0.0, m.orig_size[1], m.orig_size[0]]]), m) for m in metas])
 
 
 def unpad_boxes(boxes: Tensor, meta: ImageMeta) -> Tensor:

@@ -126,6 +126,10 @@ class CentralRegionMatching(Matching):
 
     def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, dict[str, Tensor]]:
         tl_ct, br_ct = self.implied_centers(pred, tl, br, grid)
+        return self.score_pairs(tl, br, tl_ct, br_ct, grid), {}
+
+    def score_pairs(self, tl: Corners, br: Corners, tl_ct: Tensor, br_ct: Tensor, grid: Grid) -> Tensor:
+        """Scores [B, K, K] of all pairs (-1: rejected) from corners and centres [B, K, 2] in ``grid``'s map units."""
         inside, dist, region_area = central_region_rule(
             tl, br, tl_ct, br_ct, grid, self.mu_large, self.mu_small, self.area_threshold
         )
@@ -137,7 +141,7 @@ class CentralRegionMatching(Matching):
         valid = self.geometric_validity(tl, br) & inside
         if self.max_center_ratio is not None:
             valid &= ratio <= self.max_center_ratio
-        return torch.where(valid, scores, torch.full_like(scores, -1.0)), {}
+        return torch.where(valid, scores, torch.full_like(scores, -1.0))
 
 
 class Centripetal(CentralRegionMatching):
