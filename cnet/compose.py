@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
 from hydra.errors import HydraException, InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
@@ -223,7 +224,7 @@ class PeakMemory(Callback):
     ``+hydra.callbacks.peak_memory._target_=cnet.compose.PeakMemory``.
     """
 
-    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_job_end(self, config: DictConfig, job_return: JobReturn | None = None, **kwargs: Any) -> None:
         rank = int(os.environ.get("RANK", "0"))
         body: dict[str, Any] = {"rank": rank, "local_rank": int(os.environ.get("LOCAL_RANK", "0"))}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
