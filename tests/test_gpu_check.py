@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,27 @@ def test_a_failing_section_does_not_hide_the_others(tmp_path, monkeypatch):
     assert Path(failed["log"]).read_text().startswith(f"$ {sys.executable} -c")
     assert (tmp_path / "report.md").read_text().startswith("# cnet GPU check: FAILED: bench_train\n")
     assert not list(tmp_path.glob(".report*"))  # no temporary file left by the atomic writes
+
+
+def test_a_command_past_its_time_is_killed_with_its_children(tmp_path):
+    plan = gpu_check.make_plan(tiny=True, nproc=None, steps=None, mask_steps=None)
+    check = gpu_check.Check(plan, tmp_path, timeout_min=0.03, argv=["--tiny"])
+    child = "import subprocess, sys; p = subprocess.Popen(['sleep', '60']); print(p.pid, flush=True); p.wait()"
+    with pytest.raises(gpu_check.CheckFailed, match=r"^timed out after 0.03 min: \d+$"):
+        check.run("train", [sys.executable, "-c", child])
+    pid = int(check.log_path("train").read_text().split()[-1])
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid), "the grandchild outlived the time-out"
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def test_the_error_line_of_a_torchrun_log_is_the_root_cause(tmp_path):

@@ -23,6 +23,7 @@ tiny images (what ``tests/test_gpu_check.py`` runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -153,6 +154,8 @@ class Check:
             except Exception as err:  # one failing step must not hide the others
                 section = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
                 section |= getattr(err, "details", {})
+                if "log_tail" not in section and self.log_path(name).is_file():
+                    section["log_tail"] = log_tail(self.log_path(name))
             section["seconds"] = time.perf_counter() - t0
             section["log"] = str(self.log_path(name))
             self.report["sections"][name] = section
@@ -178,10 +181,13 @@ class Check:
                                     start_new_session=True)  # fmt: skip
             try:
                 rc = proc.wait(timeout=self.timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank
+            except BaseException as err:  # a time-out, or Ctrl-C (its own session does not see the signal)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank
                 proc.wait()
-                raise failure(f"timed out after {self.timeout_s / 60:.0f} min", log) from None
+                if isinstance(err, subprocess.TimeoutExpired):
+                    raise failure(f"timed out after {self.timeout_s / 60:g} min", log) from None
+                raise
         if rc != 0:
             raise failure(f"exit status {rc}", log)
 
@@ -306,16 +312,23 @@ def peak_memory(run_dir: Path, nproc: int) -> list[dict[str, Any]]:
     return rows
 
 
+# an exception line, also behind log prefixes: "[rank1]: ValueError: ...", "[time][cnet][ERROR] - ValueError: ..."
+ERROR_LINE = re.compile(r"^\s*(\[[^]]*\]:?\s*)*(-\s*)?[\w.]*(Error|Exception|Interrupt)(:|$)")
+
+
 def failure(what: str, log: Path) -> CheckFailed:
     """The error of a failed command: ``what``, the last error line of its log; the log's tail as details."""
-    lines = [ln.rstrip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    lines = log_tail(log, None)
     errors = [ln for ln in lines if ERROR_LINE.match(ln) and "ChildFailedError" not in ln]
     err = CheckFailed(f"{what}: {(errors or lines or ['(no output)'])[-1].strip()}")
     err.details = {"log_tail": lines[-40:]}  # type: ignore[attr-defined]
     return err
 
 
-ERROR_LINE = re.compile(r"^\s*(\[[^]]*\]:?\s*)*(-\s*)?[\w.]*(Error|Exception|Interrupt)(:|$)")
+def log_tail(log: Path, n: int | None = 40) -> list[str]:
+    """The last ``n`` non-empty lines of ``log`` (all for None)."""
+    lines = [ln.rstrip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines if n is None else lines[-n:]
 
 
 def finite(value: Any) -> bool:
@@ -332,8 +345,12 @@ def environment(plan: Plan) -> dict[str, Any]:
         "git_commit": git_commit(),
     }
     if not plan.tiny:
-        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        env["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if torch.distributed.is_nccl_available() else None
+        try:  # what the machine is must not stop the check
+            env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            version = torch.cuda.nccl.version() if torch.distributed.is_nccl_available() else None
+            env["nccl"] = ".".join(map(str, version)) if isinstance(version, tuple) else version
+        except Exception as err:  # a broken driver shows up in the sections' errors too
+            env["gpu_error"] = f"{type(err).__name__}: {err}"
         env["driver"] = nvidia_driver()
     return env
 
