@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 MLFLOW_URI ?= sqlite:///mlflow.db
 
-.PHONY: install demo test test-fast lint coverage mutants bench ui clean
+.PHONY: install demo test test-fast lint coverage mutants bench gpu-check ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,10 +46,17 @@ mutants: $(STAMP)
 # backward takes minutes per module on a CPU); training images/s with 1 and 2 CPU processes; data
 # pipeline images/s at crop 511 on coco_tiny, one process one thread (--root for another COCO folder).
 # On a GPU: `.venv/bin/python -m cnet.tools.bench --device cuda` and `-m cnet.tools.bench_train --device cuda`
+# (reports/bench_cuda.* and reports/bench_train_cuda.*), or all of `gpu-check` below.
 bench: $(STAMP)
 	$(PY) -m cnet.tools.bench --repeats 5 --adaption-repeats 1
 	$(PY) -m cnet.tools.bench_train --device cpu
 	$(PY) -m cnet.tools.bench_data
+
+# on the first GPU machine, on every GPU it has: the CUDA benchmarks above, a 50-step HG-104 trainer=gpu
+# training in bf16 through DDP and the mask head under DDP -> one report, outputs/gpu_check/report.md
+# (send it). `make gpu-check ARGS=--tiny`: the same steps on 2 CPU processes, tiny backbone (about a minute).
+gpu-check: $(STAMP)
+	$(PY) -m cnet.tools.gpu_check $(ARGS)
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --port 5000

@@ -8,12 +8,16 @@ The configs are found through :mod:`cnet.resources`.
 from __future__ import annotations
 
 import json
+import os
+import resource
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
 from hydra.errors import HydraException, InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
@@ -22,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cnet.data.coco import CocoDetection
 from cnet.detector import CornerDetector
+from cnet.files import write_text_atomic
 from cnet.resources import CONFIG_DIR
 from cnet.run import Evaluation, Run, TestConfig
 from cnet.schedule import ScheduleConfig
@@ -210,3 +215,29 @@ def sweep_summary(sweep_dir: Path) -> str:
         rows.append(line + (f"  {st['error']}" if st.get("error") else ""))
     total = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no job reported"
     return "\n".join([f"sweep {sweep_dir}: {total}", *rows])
+
+
+class PeakMemory(Callback):
+    """At the end of a job, in every process: its peak memory to ``<job dir>/peak_memory/rank<R>.json``.
+
+    On a GPU ``torch.cuda.max_memory_allocated`` of the process's device (and the allocator's
+    reserved peak), else the process's peak resident set size. Opt-in, e.g. for ``cnet.tools.gpu_check``:
+    ``+hydra.callbacks.peak_memory._target_=cnet.compose.PeakMemory``.
+    """
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn | None = None, **kwargs: Any) -> None:
+        rank = int(os.environ.get("RANK", "0"))
+        body: dict[str, Any] = {"rank": rank, "local_rank": int(os.environ.get("LOCAL_RANK", "0"))}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            device = torch.cuda.current_device()
+            body |= {
+                "device": f"cuda:{device}",
+                "source": "torch.cuda.max_memory_allocated",
+                "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+                "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+            }
+        else:  # ru_maxrss: KiB on Linux
+            peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            body |= {"device": "cpu", "source": "resource.getrusage ru_maxrss", "peak_memory_gib": peak_rss}
+        out_dir = Path(str(config.hydra.runtime.output_dir))
+        write_text_atomic(out_dir / "peak_memory" / f"rank{rank}.json", json.dumps(body))

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import signal
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -289,6 +290,8 @@ class Trainer:
         """The rest of epoch ``epoch``; the mean over its micro-batches of every weighted loss term and the total."""
         self.train_model.train()
         sums, n_images, t0 = self.epoch_sums, 0, time.perf_counter()
+        step_times: list[float] = []  # wall time per optimizer step (the losses' .item() synchronises)
+        t_step = t0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}", disable=not (self.config.progress and self.env.is_main),
                    leave=False, file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 10.0)  # fmt: skip
         for images, targets in ((i, t) for i, t, _ in bar):
@@ -304,6 +307,9 @@ class Trainer:
             if not last_micro:
                 continue
             self._optimizer_step()
+            now = time.perf_counter()
+            step_times.append(now - t_step)
+            t_step = now
             for cb in self.callbacks:
                 cb.on_step(self, self.step)
             if self._checkpoint_due():
@@ -311,6 +317,8 @@ class Trainer:
         n = max(self.batch_in_epoch, 1)
         means = {k: v / n for k, v in sums.items()}
         means["images_per_s"] = n_images * self.env.world_size / max(time.perf_counter() - t0, 1e-9)
+        if step_times:  # the median skips the first step's one-off costs (loader start, cuDNN autotuning)
+            means["step_time_s"] = statistics.median(step_times)
         return means
 
     def _checkpoint_mid_epoch(self) -> None:

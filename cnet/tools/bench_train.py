@@ -1,15 +1,15 @@
 """Training (and flip-test inference) throughput: `python -m cnet.tools.bench_train`.
 
-* ``--device cpu``: training images/s of the tiny model with 1 and 2 processes (DDP over gloo),
-  each process at ``--batch`` images per step, and what DDP's search for unused parameters costs
-  per step (2 processes, the model with the mask head on: ``find_unused_parameters`` False vs
-  True; cnet turns it on only for a part that declares idle steps) ->
-  ``reports/bench_train.{json,md}``.
+* ``--device cpu``: training images/s of the tiny model with 1 and 2 processes (DDP over gloo;
+  ``--processes``), each process at ``--batch`` images per step, and what DDP's search for unused
+  parameters costs per step (2 processes, the model with the mask head on:
+  ``find_unused_parameters`` False vs True; cnet turns it on only for a part that declares idle
+  steps) -> ``reports/bench_train.{json,md}``.
 * ``--device cuda`` (or ``--model`` on the CPU, for tests): HG-104 CentripetalNet (cross-star)
   training images/s at batch 6 in bf16 and fp32, peak memory, model FLOP utilisation (FLOPs of
   one step from ``torch.utils.flop_counter`` over the GPU's dense peak), and inference images/s
   with flip at a COCO size ->
-  ``reports/bench_cuda.{json,md}``.
+  ``reports/bench_train_cuda.{json,md}`` (beside ``bench``'s ``bench_cuda.{json,md}``).
 
 Inputs are random images with a few ground-truth boxes (no data loading): the figures measure the
 model, the criterion and the optimizer step. Each figure is the median over ``--steps`` timed steps
@@ -103,11 +103,11 @@ def _cpu_worker(rank: int, world: int, init_file: str, args: dict[str, Any], out
 
 
 def bench_cpu_processes(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Training images/s with 1 and 2 processes (one thread each; DDP over gloo for 2)."""
+    """Training images/s with each of ``--processes`` processes (one thread each; DDP over gloo)."""
     rows = []
     spec = {"overrides": args.overrides, "batch": args.batch, "size": args.size, "steps": args.steps,
             "warmup": args.warmup}  # fmt: skip
-    for world in (1, 2):
+    for world in args.processes:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "times.json")
             mp.spawn(_cpu_worker, args=(world, os.path.join(tmp, "init"), spec, out), nprocs=world, join=True)
@@ -189,7 +189,7 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"1-min load average {env.get('load_average_1min', float('nan')):.1f} at start)", "",
              f"Model: `{' '.join(result['overrides'])}`; medians of {result['steps']} steps after "
              f"{result['warmup']} warm-up steps; random {result['size']}x{result['size']} inputs.", ""]  # fmt: skip
-    if "cpu" in result:
+    if result.get("cpu"):
         lines += ["| processes | batch / process | images/s | vs 1 process |", "|---|---|---|---|"]
         base = result["cpu"][0]["images_per_s"]
         lines += [f"| {r['processes']} | {r['batch_per_process']} | {r['images_per_s']:.1f} | "
@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--test-h", type=int, default=511, help="flip-test input height (COCO |127 padding)")
     parser.add_argument("--test-w", type=int, default=767)
     parser.add_argument("--model", action="store_true", help="the one-process model section on the CPU too")
+    parser.add_argument("--processes", type=int, nargs="*", default=[1, 2],
+                        help="CPU process counts to time (none: skip that section)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("reports"))
@@ -237,12 +239,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }  # fmt: skip
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    else:
+    elif args.processes:
         result["cpu"] = bench_cpu_processes(args)
         result["find_unused"] = bench_find_unused(args)
     if cuda or args.model:
         result["model"] = bench_model(args, device)
-    stem = "bench_cuda" if cuda else "bench_train"
+    stem = "bench_train_cuda" if cuda else "bench_train"
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / f"{stem}.json", json.dumps(result, indent=2))
     write_text_atomic(args.out / f"{stem}.md", to_markdown(result))
