@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from cnet.adaption.base import Adaption
 from cnet.adaption.deform import deform_conv3x3
 from cnet.compose import group_options, option_factory
+from cnet.criterion import CornerSum
 from cnet.files import write_text_atomic
 from cnet.heads import CornerFeatures
 from cnet.matching.base import Matching
@@ -101,11 +102,12 @@ def bench_adaption(batch: int, channels: int, size: int, repeats: int, device: t
     for name in group_options("adaption"):
         module = option_factory("adaption", name)(in_channels=channels).to(device).train()
         targets = module.encode_targets(corners, grid)
+        criterion = CornerSum(2, {"adaption": module})  # joins the per-corner halves, weights the terms
 
-        def step(module: Adaption = module, targets: dict = targets) -> None:
+        def step(module: Adaption = module, targets: dict = targets, criterion: CornerSum = criterion) -> None:
             tl_out, br_out, maps = module(tl, br)
-            losses = module.loss(maps, targets, corners)
-            total = tl_out.mean() + br_out.mean() + sum(module.loss_weights[k] * v for k, v in losses.items())
+            losses = criterion.join(module.loss(maps, targets, corners))
+            total = tl_out.mean() + br_out.mean() + criterion.total(losses)
             total.backward()
 
         # the warm-up also takes one-off costs out: the fused kernel's build or load, the allocator's growth
