@@ -143,3 +143,27 @@ def test_the_package_list_is_sorted_name_version_lines_with_torch():
     assert lines == sorted(set(lines), key=lambda s: (s.lower(), s))
     assert f"torch=={importlib.metadata.version('torch')}" in lines
     assert f"mlflow=={importlib.metadata.version('mlflow')}" in lines
+
+
+def assert_provenance(uri: str, run_id: str, world_size: int, tmp: Path) -> dict[str, str]:
+    """The MLflow run ``run_id`` of a CPU job on this machine with ``world_size`` processes carries
+    the provenance tags and ``provenance/packages.txt``; returns its tags."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    tags = client.get_run(run_id).data.tags
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert tags["provenance.world_size"] == str(world_size)
+    assert tags["provenance.hosts"] == f"{provenance.host_name()} ({world_size})"  # every rank, one machine
+    assert tags["provenance.host_count"] == "1"
+    assert (tags["provenance.device"], tags["provenance.gpu"]) == ("cpu", "cpu")
+    assert tags["provenance.torch"] == torch.__version__ and tags["provenance.python"] == platform.python_version()
+    assert tags["provenance.git_commit"] == (commit.stdout.strip() or "none")
+    assert {k for k in tags if k.startswith("provenance.slurm.")} == {
+        f"provenance.slurm.{k}" for k in ("job_id", "array_job_id", "array_task_id", "nodelist", "nnodes", "cluster")
+    }
+    assert all(len(v) <= provenance.MAX_VALUE_LENGTH for k, v in tags.items() if k.startswith("provenance."))
+    local = client.download_artifacts(run_id, "provenance/packages.txt", str(tmp))
+    assert f"torch=={importlib.metadata.version('torch')}" in Path(local).read_text().splitlines()
+    return tags
