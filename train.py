@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from cnet import provenance
 from cnet.compose import build_run
 from cnet.distributed import broadcast_object, destroy, init_distributed, is_main
 from cnet.errors import USER_ERRORS
@@ -75,9 +75,10 @@ def train(cfg: DictConfig) -> float:
         # every rank skips a finished job, or none does (rank 0 asks the store)
         if broadcast_object(env.is_main and already_finished(cfg, run, out_dir)):
             return float(run.resume.metrics.get("bbox_AP", 0.0)) if run.resume else 0.0
+        host_names = provenance.gather_hosts()  # a collective: every rank says where it runs
         if not env.is_main:  # side effects (MLflow, checkpoints, logs) belong to rank 0
             return float(run.fit(None).get("bbox_AP", 0.0))
-        return track_and_fit(cfg, hc, out_dir, run)
+        return track_and_fit(cfg, hc, out_dir, run, provenance.tags(run.device.type, host_names))
     finally:
         destroy()
 
@@ -86,15 +87,6 @@ def dataset_name(cfg: DictConfig, choice: str) -> str:
     """``data.name``, else the dataset folder's name (``coco_tiny``, ``coco``), else the option."""
     root = OmegaConf.select(cfg, "data.root", default=None)
     return str(OmegaConf.select(cfg, "data.name", default=None) or (Path(str(root)).name if root else choice))
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "describe", "--always", "--dirty", "--abbrev=40"],
-                             capture_output=True, text=True, timeout=10, check=True)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def describe(
@@ -124,8 +116,10 @@ def already_finished(cfg: DictConfig, run: Run, out_dir: Path) -> bool:
     return True
 
 
-def track_and_fit(cfg: DictConfig, hc: Any, out_dir: Path, run: Run) -> float:
-    """Fit ``run`` inside its MLflow run (rank 0): params, tags, dataset, metrics, artifacts."""
+def track_and_fit(cfg: DictConfig, hc: Any, out_dir: Path, run: Run, origin: dict[str, str]) -> float:
+    """Fit ``run`` inside its MLflow run (rank 0): params, tags, dataset, metrics, artifacts.
+
+    ``origin``: the provenance tags of this attempt (a resumed run gets those of its latest attempt)."""
     uri = resolve_tracking_uri(cfg.tracking.uri, PROJECT_ROOT)
     choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v}
     data = dataset_name(cfg, choices.get("data", "data"))
@@ -142,8 +136,9 @@ def track_and_fit(cfg: DictConfig, hc: Any, out_dir: Path, run: Run) -> float:
         "mlflow.source.type": "LOCAL",
         "mlflow.note.content": describe(cfg, choices, data, run.batch, {}),
     }
-    if commit := git_commit():
-        tags["mlflow.source.git.commit"] = commit
+    tags |= origin
+    if origin["provenance.git_commit"] != provenance.NONE:
+        tags["mlflow.source.git.commit"] = origin["provenance.git_commit"]
     # the name tells runs apart: the parts, the dataset and whatever differs from the defaults
     run_name = "-".join(choices[k] for k in ("matching", "adaption", "backbone") if k in choices) + f"-{data}"
     rest = [o for o in overrides if o.split("=")[0] not in ("matching", "adaption", "backbone", "data")]
@@ -153,6 +148,7 @@ def track_and_fit(cfg: DictConfig, hc: Any, out_dir: Path, run: Run) -> float:
     flush_s = 60.0 * float(cfg.tracking.flush_timeout_min)
     with Tracker(uri, cfg.tracking.experiment, run.resume_run_id, run_name[:250], tags, flush_s) as tracker:
         write_job_status(out_dir, "RUNNING", tracker.run_id)
+        tracker.log_text(provenance.package_list(), "provenance/packages.txt", out_dir)
         params = flatten_params(OmegaConf.to_container(cfg, resolve=True))
         params.pop("tracking.sweep_id")  # a time stamp of the launch: a tag, and may differ on resume
         params.pop("tracking.flush_timeout_min")  # how to wait for the store, not what was trained

@@ -26,6 +26,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from cnet.errors import ResumeError, TrackingStoreError
+from cnet.files import write_text_atomic
 from cnet.outbox import Outbox, OutboxTimeout
 
 MAX_PARAM_VALUE_LENGTH = 6000  # MLflow's limit on a param value (characters)
@@ -300,6 +301,12 @@ class Tracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy one local file into the run's artifacts (under ``artifact_path`` if given)."""
         self._outbox.put(self._client.log_artifact, self._run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str, local_dir: str | Path) -> None:
+        """Write ``text`` to ``local_dir/artifact_file`` (atomic) and log it as that artifact
+        (``provenance/packages.txt``). The file stays: the call may be sent after the store is back."""
+        path = write_text_atomic(Path(local_dir) / artifact_file, text)
+        self.log_artifact(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         """Copy a local folder's contents into the run's artifacts (under ``artifact_path``)."""

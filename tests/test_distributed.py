@@ -24,6 +24,7 @@ from cnet.run import Run, TestConfig, seed_everything
 from cnet.schedule import ScheduleConfig
 from cnet.trainer import TrainerConfig, TrainState
 from tests.servers import free_port
+from tests.test_provenance import assert_provenance
 from tests.test_train_cli import FAST, ROOT
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -102,6 +103,7 @@ def test_two_process_ddp_equals_one_process_with_two_accumulation_steps(tmp_path
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 1 tracked nothing
     assert runs[0].data.params["batch.world_size"] == "2" and runs[0].data.tags["paper_batch"] == "false"
     assert runs[0].data.metrics["bbox_AP"] >= 0
+    assert_provenance(f"sqlite:///{tmp_path}/ddp.db", runs[0].info.run_id, 2, tmp_path / "ddp_artifacts")  # 2 ranks
 
 
 def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -22,8 +22,9 @@ from tests.test_train_cli import FAST, ROOT
 ARGS = [*FAST, "adaption=none", "test.matching_only=false", "schedule.epochs=3", "trainer.checkpoint_every_min=0"]
 
 
-def start(tmp: Path, run_dir: Path) -> subprocess.Popen:
+def start(tmp: Path, run_dir: Path, **extra_env: str) -> subprocess.Popen:
     env = dict(os.environ, CNET_CACHE_DIR=str(tmp / "cache"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
+    env.update(extra_env)
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *ARGS, f"hydra.run.dir={run_dir}"],
         cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -57,7 +58,7 @@ def test_kill_9_anywhere_then_resume_ends_with_the_same_weights(tmp_path):
 @pytest.mark.slow
 def test_sigterm_during_evaluation_marks_the_run_killed_and_it_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(tmp_path, run_dir)
+    proc = start(tmp_path, run_dir, SLURM_CLUSTER_NAME="first")  # provenance of each attempt (no SLURM job)
     log = run_dir / "train.log"
     deadline = time.monotonic() + 900
     while not (log.exists() and "epoch 2:" in log.read_text()):  # the last epoch is done: evaluation next
@@ -68,8 +69,9 @@ def test_sigterm_during_evaluation_marks_the_run_killed_and_it_resumes(tmp_path)
     assert proc.returncode != 0, out[-2000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert run.info.status == "KILLED"
-    again = start(tmp_path, run_dir)
+    assert run.info.status == "KILLED" and run.data.tags["provenance.slurm.cluster"] == "first"
+    again = start(tmp_path, run_dir, SLURM_CLUSTER_NAME="second")
     assert again.wait(timeout=900) == 0, again.communicate()[0][-3000:]
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FINISHED" and "bbox_AP" in run.data.metrics  # the same run, now complete
+    assert run.data.tags["provenance.slurm.cluster"] == "second"  # the latest attempt's provenance

@@ -15,6 +15,7 @@ from test_train_cli import FAST, ROOT, run_train
 
 from cnet.tools import evaluate as evaluate_tool
 from cnet.trainer import TrainState
+from tests.test_provenance import assert_provenance
 
 
 def run_tool(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
@@ -51,6 +52,7 @@ def test_reproduces_the_runs_final_figures_and_tags_its_source(trained):
     assert tags["matching"] == "centripetal" and tags["test"] == "default"  # the run's group choices
     assert tags["source_checkpoint"] == str((run / "checkpoints" / "last.pt").resolve())
     assert runs[0].data.metrics["bbox_AP"] == metrics["bbox_AP"]
+    assert_provenance(f"sqlite:///{tmp}/mlflow.db", runs[0].info.run_id, 1, tmp / "t1_artifacts")  # of the evaluation
 
 
 @pytest.mark.slow

@@ -72,6 +72,19 @@ def test_artifacts_go_next_to_sqlite_db(store, experiment, tmp_path, monkeypatch
     assert not (tmp_path / "mlartifacts").exists()
 
 
+def test_log_text_writes_the_file_in_the_job_folder_and_logs_it_under_its_folder(store, experiment, tmp_path):
+    with Tracker(store, experiment) as tracker:
+        tracker.log_text("a==1\nb==2\n", "provenance/packages.txt", tmp_path / "job")
+        tracker.log_text("top\n", "note.txt", tmp_path / "job")
+    client = MlflowClient(store)
+    assert [a.path for a in client.list_artifacts(tracker.run_id, "provenance")] == ["provenance/packages.txt"]
+    assert "note.txt" in {a.path for a in client.list_artifacts(tracker.run_id)}
+    local = client.download_artifacts(tracker.run_id, "provenance/packages.txt", str(tmp_path / "back"))
+    assert Path(local).read_text() == "a==1\nb==2\n"
+    assert (tmp_path / "job" / "provenance" / "packages.txt").read_text() == "a==1\nb==2\n"  # kept beside the run
+    assert not list((tmp_path / "job").rglob("*.tmp"))  # written atomically
+
+
 def test_resume_continues_same_run(store, experiment):
     first = Tracker(store, experiment, tags={"variant": "a"})
     first.log_params({"lr": "0.1"})

@@ -15,6 +15,7 @@ from mlflow_records import run_records
 from PIL import Image
 
 from cnet.data.synthetic import generate_synthetic
+from tests.test_provenance import assert_provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(num_train=16, num_val=4, num_val_crowd=2, image_size=60)
@@ -69,6 +70,7 @@ def test_sweep_runs_two_jobs_tracked_with_tags_and_metrics(tmp_path):
         assert r["metrics.train_total"] >= r["metrics.train_det"]  # total = weighted sum of >= 0 terms
         assert r["metrics.bbox_AP50"] >= r["metrics.bbox_AP"]  # AP averages AP50 with stricter IoUs
         assert r["params.matching.mu_small"] == "0.4166666666666667"
+        assert_provenance(store(tmp_path), r["run_id"], 1, tmp_path / r["run_id"])
     guided = next(r for r in records if r["tags.adaption"] == "cross_star")
     assert guided["metrics.train_guiding"] > 0
     client = MlflowClient(tracking_uri=store(tmp_path))

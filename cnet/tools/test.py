@@ -10,8 +10,8 @@ annotation file instead. An image-info file without annotations (COCO test-dev) 
 detections file ``detections_<name>_cnet_results.json``, ready to upload, and says that figures need
 annotations. Results files and ``metrics.json`` go to ``--out`` (default
 ``<run folder>/test/<date-time>``); the 12 COCO figures are printed per split; a new MLflow run
-(tags: ``source_checkpoint``, ``source_run_id``, ``overrides``) gets the figures, or the source run
-with ``--into-source-run`` (as ``test_<figure>``). Bad input: one line on stderr, exit 2.
+(tags: ``source_checkpoint``, ``source_run_id``, ``overrides``, ``provenance.*``) gets the figures, or
+the source run with ``--into-source-run`` (as ``test_<figure>``). Bad input: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cnet import provenance
 from cnet.compose import (
     CONFIG_ERRORS,
     apply_overrides,
@@ -109,9 +110,10 @@ def write_json(path: Path, data: Any) -> None:
 
 def track(
     cfg: Any, state: TrainState, ckpt: Path, overrides: Sequence[str], metrics: dict[str, float], out_dir: Path,
-    into_source: bool, choices: dict[str, str],
+    into_source: bool, choices: dict[str, str], device_type: str = "cpu",
 ) -> str:  # fmt: skip
-    """Log the figures to a new MLflow run (or the source run) and return its id."""
+    """Log the figures to a new MLflow run (or the source run) and return its id. A new run gets the
+    provenance tags and packages of this evaluation (the source run keeps its training's)."""
     uri = resolve_tracking_uri(cfg.tracking.uri)
     flush_s = 60.0 * float(cfg.tracking.get("flush_timeout_min", 30))  # runs saved before the key existed
     tags = choices | {
@@ -121,6 +123,7 @@ def track(
         "overrides": " ".join(overrides) or "(none)",
         "output_dir": str(out_dir.resolve()),
     }
+    tags |= provenance.tags(device_type, provenance.gather_hosts())
     if into_source:
         if not state.mlflow_run_id:
             raise InputError(f"--into-source-run: checkpoint {ckpt} records no MLflow run id")
@@ -130,6 +133,7 @@ def track(
     name = f"test-{ckpt.parent.parent.name}" if ckpt.parent.name == "checkpoints" else f"test-{ckpt.stem}"
     with Tracker(uri, cfg.tracking.experiment, run_name=name, tags=tags, flush_timeout_s=flush_s) as tracker:
         tracker.log_params(flatten_params(to_plain(cfg)))
+        tracker.log_text(provenance.package_list(), "provenance/packages.txt", out_dir)
         tracker.log_metrics(metrics, step=state.epoch)
         for results in sorted(out_dir.glob("results_*.json")):
             tracker.log_artifact(str(results), "results")
@@ -160,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"results in {out_dir}")
     if not args.no_mlflow:
         choices = source_choices(run_dir, args.overrides)
-        run_id = track(cfg, state, ckpt, args.overrides, metrics, out_dir, args.into_source_run, choices)
+        run_id = track(
+            cfg, state, ckpt, args.overrides, metrics, out_dir, args.into_source_run, choices, evaluation.device.type
+        )
         print(f"MLflow run {run_id}")
     return 0
 
