@@ -63,8 +63,8 @@ def score(matching, case: dict, origins: list[tuple[float, float] | None]) -> li
         grid = GRID
     else:
         grid = Grid(GRID.in_h, GRID.in_w, SIZE, SIZE, torch.tensor([o or (0.0, 0.0) for o in origins]))
-    s, extras = matching.pair(pred, corners([tl] * b, [case["s"][0]] * b), corners([br] * b, [case["s"][1]] * b), grid)
-    assert extras == {} and s.shape == (b, 1, 1)
+    s = matching.pair(pred, corners([tl] * b, [case["s"][0]] * b), corners([br] * b, [case["s"][1]] * b), grid)
+    assert s.shape == (b, 1, 1)
     return [float(v) for v in s[:, 0, 0]]
 
 
