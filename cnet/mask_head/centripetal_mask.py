@@ -33,7 +33,6 @@ class CentripetalMask(MaskHead):
 
     Args:
         in_channels, num_classes: the backbone feature's width and the number of classes.
-        decoder: the proposals' source (the detector gives its :class:`cnet.decode.ProposalDecoder`).
         channels: conv width (None: ``in_channels``).
         num_convs, roi_size, mask_size: 4, 14 and 28 in the paper.
         class_agnostic: one mask channel for every class instead of one per class.
@@ -42,6 +41,7 @@ class CentripetalMask(MaskHead):
         iou_threshold: IoU with a same-class object for a proposal to be trained.
         start_epoch: first (0-based) epoch the head is trained.
         loss_weight: weight of ``mask`` (Eq. 9: 1).
+        decoder: where the proposals come from (the detector gives its :class:`cnet.decode.ProposalDecoder`).
     """
 
     uses_masks = True
