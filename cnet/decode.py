@@ -55,5 +55,23 @@ def decode_candidates(
     per image the best ``num_dets`` scored pairs, boxes in input pixels, sorted by score."""
     tl = Corners(*topk_peaks(level["tl_heat"].sigmoid(), level["tl_off"], corner_topk, kernel))
     br = Corners(*topk_peaks(level["br_heat"].sigmoid(), level["br_off"], corner_topk, kernel))
-    scores, _ = matching.pair(level, tl, br, grid)
+    scores = matching.pair(level, tl, br, grid)
     return pair_candidates(scores, tl, br, grid, num_dets)
+
+
+class ProposalDecoder:
+    """``decoder(level, grid, corner_topk, num_dets)``: :func:`decode_candidates` with ``matching``,
+    without gradient (cnet.mask_head.base.Decoder).
+
+    The proposals of a second-stage head that trains on the detector's own pairs (the mask head):
+    the detector hands one to the head when it builds it, so its forward only routes the maps and
+    the head decodes them only if it wants proposals. A plain object, not a module: ``matching``
+    stays a part of its corner head (no second copy in the state dict).
+    """
+
+    def __init__(self, matching: Matching, kernel: int = 3) -> None:
+        self.matching, self.kernel = matching, kernel
+
+    def __call__(self, level: dict[str, Tensor], grid: Grid, corner_topk: int, num_dets: int) -> list[Candidates]:
+        with torch.no_grad():  # proposals carry no gradient
+            return decode_candidates(level, grid, self.matching, corner_topk, num_dets, self.kernel)

@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
-import torch
 from torch import Tensor, nn
 
 from cnet.adaption.base import Adaption
 from cnet.corner_pool import CornerPool
-from cnet.decode import Candidates, decode_candidates
+from cnet.decode import ProposalDecoder
 from cnet.heads import CornerFeatures, Part, init_heatmap_bias, kp_layer
 from cnet.mask_head.base import MaskHead
 from cnet.mask_head.none import NoMask
@@ -70,8 +69,9 @@ class CornerDetector(nn.Module):
         matching: factory ``(in_channels, num_classes) -> Matching`` (a Hydra partial).
         adaption: factory ``(in_channels) -> Adaption`` (a Hydra partial).
         pool_channels: width of the corner-pool branches (128 in CornerNet).
-        mask_head: factory ``(in_channels, num_classes) -> MaskHead`` on the last stack's feature
-            (a Hydra partial; None: no mask head).
+        mask_head: factory ``(in_channels, num_classes, decoder) -> MaskHead`` on the last stack's
+            feature (a Hydra partial; None: no mask head); ``decoder`` is a
+            :class:`~cnet.decode.ProposalDecoder` of the last stack's matching.
     """
 
     def __init__(
@@ -99,7 +99,8 @@ class CornerDetector(nn.Module):
             heads.append(CornerHead(channels, num_classes, pool_channels, m, a))
         self.heads = nn.ModuleList(heads)
         # built after the heads: the corner heads' initialisation (and RNG use) is the same without it
-        self.mask_head = mask_head(in_channels=channels, num_classes=num_classes) if mask_head else NoMask(0, 0)
+        factory = mask_head or NoMask
+        self.mask_head = factory(in_channels=channels, num_classes=num_classes, decoder=ProposalDecoder(self.matching))
 
     @property
     def matching(self) -> Matching:
@@ -117,13 +118,17 @@ class CornerDetector(nn.Module):
 
     @property
     def uses_masks(self) -> bool:
-        """Whether training needs ground-truth instance masks (a mask head is in use)."""
-        return self.mask_head.uses_masks
+        """Whether training needs ground-truth instance masks (a part, e.g. a mask head, asks for them)."""
+        return any(part.uses_masks for part in self.parts.values())
 
     def forward(self, images: Tensor) -> Outputs:
         """images [B, 3, H, W] -> Outputs; eval mode computes only the last stack's head.
 
-        In training the mask head adds its maps to the last level, from proposals it asks for.
+        In training the mask head adds its maps to the last level. It trains on the detector's own
+        proposals (paper §3.3), so decoding has to happen inside the training forward; the head
+        does it with the :class:`~cnet.decode.ProposalDecoder` it was built with, and only when it
+        wants proposals (never for ``mask_head=none``, nor before its ``start_epoch``). The forward
+        itself only routes maps: soft-NMS, test-time views and unpadding stay in the post-processor.
         """
         feats = self.backbone(images)
         if self.training:
@@ -132,11 +137,5 @@ class CornerDetector(nn.Module):
             levels = [self.heads[-1](feats[-1])]
         out = Outputs(levels, (int(images.shape[-2]), int(images.shape[-1])), features=feats[-1])
         if self.training:
-            last, grid = levels[-1], out.grid
-
-            def propose(corner_topk: int, num_dets: int) -> list[Candidates]:
-                with torch.no_grad():  # proposals carry no gradient
-                    return decode_candidates(last, grid, self.matching, corner_topk, num_dets)
-
-            last |= self.mask_head(feats[-1], propose, out.input_size)
+            levels[-1] |= self.mask_head(feats[-1], levels[-1], out.grid)
         return out

@@ -1,4 +1,8 @@
-"""``python -m cnet.evaluate``: short for ``python -m cnet.tools.evaluate``."""
+"""``python -m cnet.evaluate``: short for ``python -m cnet.tools.evaluate`` (score a COCO results file).
+
+The evaluation loop of a predictor over loaders is :mod:`cnet.evaluator`; the COCO metrics are the
+package :mod:`cnet.evaluation`.
+"""
 
 import sys
 

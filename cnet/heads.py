@@ -54,12 +54,18 @@ class Part(Protocol):
     detector (the criterion refuses a collision).
     ``idle_in_some_steps``: some training steps leave the part's parameters without a gradient
     (a head that starts late), so data-parallel training must look for unused parameters.
+    ``uses_masks``: training needs ``GroundTruth.masks`` (the run has the training set decode the
+    segmentations). ``set_epoch`` is called before every training epoch (0-based) through
+    ``Criterion.set_epoch``; parts that do not depend on the epoch ignore it.
     """
 
     idle_in_some_steps: bool
+    uses_masks: bool
 
     @property
     def loss_weights(self) -> dict[str, float]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
 
     def encode_targets(self, corners: CornerTargets, grid: Grid) -> dict[str, Tensor]: ...
 

@@ -23,9 +23,10 @@ from cnet.data.sampler import GlobalBatchSampler, ShardSampler
 from cnet.detector import CornerDetector
 from cnet.oracle import CornerOracle
 from cnet.postprocess import PostProcess
-from cnet.predictor import Predictor, test_views
+from cnet.predictor import Predictor
 from cnet.schedule import ScheduleConfig, warmup_multistep
 from cnet.trainer import Callback, Trainer, TrainerConfig, TrainState
+from cnet.views import test_views
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from cnet import distributed
 from cnet.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cnet.criterion import Criterion
 from cnet.data.sampler import GlobalBatchSampler
-from cnet.predictor import Predictor, evaluate
+from cnet.evaluator import evaluate
+from cnet.predictor import Predictor
 from cnet.schedule import ScheduleConfig
 from cnet.types import GroundTruth
 

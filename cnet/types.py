@@ -68,7 +68,7 @@ class Grid:
 
     origin: [B, 2] float (x, y), input pixels: where each batch entry's image begins inside the
         network input, i.e. its (left, top) pad border as the entry's test view maps it (a mirrored
-        view: the mirrored border; see ``cnet.predictor``). None: (0, 0) for every entry (training
+        view: the mirrored border; see ``cnet.views``). None: (0, 0) for every entry (training
         crops, target encoding). Only pairing rules that clamp at the image origin read it
         (``matching=centripetal_mmdet``).
     """
@@ -116,7 +116,6 @@ class Detections:
     boxes: Tensor
     scores: Tensor
     labels: Tensor
-    extras: dict[str, Tensor] = field(default_factory=dict)
     segmentations: list[dict[str, Any]] | None = None
 
 

@@ -14,8 +14,9 @@ from cnet.criterion import CornerSum
 from cnet.detector import CornerDetector, CornerHead
 from cnet.matching.centripetal import Centripetal
 from cnet.postprocess import PostProcess
-from cnet.predictor import Predictor, test_views
+from cnet.predictor import Predictor
 from cnet.types import GroundTruth, ImageMeta
+from cnet.views import test_views
 
 
 def tiny_detector(adaption=CrossStar, num_stacks: int = 2) -> CornerDetector:
@@ -125,3 +126,10 @@ def test_input_is_not_mutated():
     with torch.no_grad():
         model(images)
     assert torch.equal(images, copy)
+
+
+def test_the_detector_uses_masks_when_a_part_asks_for_them():
+    model = tiny_detector(num_stacks=1)
+    assert not model.uses_masks
+    model.matching.uses_masks = True  # e.g. a strategy that pairs corners by instance masks
+    assert model.uses_masks

@@ -1,8 +1,8 @@
 """The package reads bottom-up: no import cycles, no import from a higher layer, Hydra in one module.
 
-helpers <- backbone/matching/adaption/mask_head <- decode/detector <- criterion/postprocess <- trainer/predictor <- run
-<- compose <- tools <- train.py. Imports are read from the source (``ast``), so the test sees
-imports inside functions too.
+helpers (views among them) <- backbone/matching/adaption/mask_head <- decode/detector <- criterion/postprocess
+<- predictor/evaluator/trainer <- run <- compose <- tools <- train.py. Imports are read from the source
+(``ast``), so the test sees imports inside functions too.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, int]] = [
     ("cnet.center_pool", 1),
     ("cnet.heads", 1),
     ("cnet.masks", 1),
+    ("cnet.views", 1),  # test-time views: the predictor and the mask head map boxes and masks through them
     ("cnet.backbone", 2),
     ("cnet.matching", 2),
     ("cnet.adaption", 2),
@@ -42,6 +43,7 @@ LAYERS: list[tuple[str, int]] = [
     ("cnet.postprocess", 4),
     ("cnet.oracle", 4),
     ("cnet.predictor", 5),
+    ("cnet.evaluator", 5),  # the COCO evaluation loop over a predictor (cnet.evaluate: the CLI alias)
     ("cnet.trainer", 5),
     ("cnet.tracking", 5),
     ("cnet.run", 6),

@@ -1,5 +1,5 @@
-"""Multi-scale testing: scaled views map boxes exactly, views of one size share a forward pass,
-``scales=[1]`` is single-scale testing, and perfect maps decode to the ground truth at every scale.
+"""Multi-scale testing: views of one size share a forward pass, ``scales=[1]`` is single-scale
+testing, and perfect maps decode to the ground truth at every scale (the views alone: test_views.py).
 
 The stand-in model recognises each batch entry by its pixels (which view of the image it is) and
 returns the perfect maps (targets fed back as predictions, as in the matching contract test) of the
@@ -15,9 +15,10 @@ from torchvision.ops import box_iou
 
 from cnet.compose import group_options, option_factory
 from cnet.postprocess import PostProcess
-from cnet.predictor import CORNERNET_SCALES, HFlip, Identity, Predictor, Scale, test_views
+from cnet.predictor import Predictor
 from cnet.targets import encode_corners
 from cnet.types import Grid, GroundTruth, ImageMeta, Outputs
+from cnet.views import CORNERNET_SCALES, Scale, test_views
 
 SIZE = 255  # plain input, already |127
 GT = GroundTruth(torch.tensor([[20.0, 30.0, 120.0, 140.0], [130.0, 60.0, 240.0, 200.0]]), torch.tensor([0, 1]))
@@ -54,25 +55,6 @@ class PerfectModel(nn.Module):
 
 def image() -> Tensor:
     return torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-
-
-@pytest.mark.parametrize("scale", [0.5, 0.75, 1.25, 1.5, 0.6])
-@pytest.mark.parametrize("flip", [False, True])
-def test_scale_view_maps_boxes_and_back(scale, flip):
-    view = Scale(scale, 127, flip)
-    boxes = torch.tensor([[3.0, 5.0, 100.0, 200.0], [0.0, 0.0, 255.0, 255.0]])
-    out = view.apply(image())
-    assert tuple(out.shape[-2:]) == view.output_size((SIZE, SIZE))
-    assert all(s % 128 == 127 for s in out.shape[-2:])  # padded as the test transform pads
-    back = view.invert(view.apply_boxes(boxes, (SIZE, SIZE)), (SIZE, SIZE))
-    torch.testing.assert_close(back, boxes, atol=1e-4, rtol=0)
-
-
-def test_scale_one_view_is_the_plain_input():
-    x = image()
-    assert torch.equal(Scale(1.0, 127).apply(x), x) and torch.equal(Scale(1.0, 127, flip=True).apply(x), x.flip(-1))
-    assert [type(v) for v in test_views(True, [1.0])] == [Identity, HFlip]
-    assert [type(v) for v in test_views(False, CORNERNET_SCALES)] == [Scale, Scale, Identity, Scale, Scale]
 
 
 @pytest.mark.parametrize("flip", [False, True])

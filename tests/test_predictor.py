@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from cnet.matching.centripetal import Centripetal
 from cnet.ops import mirror_boxes
 from cnet.postprocess import PostProcess
-from cnet.predictor import HFlip, Identity, Predictor, test_views
+from cnet.predictor import Predictor
 from cnet.types import Detections, ImageMeta, Outputs
+from cnet.views import test_views
 
 IN_H, IN_W, OUT_H, OUT_W = 64, 80, 16, 20  # 4 input pixels per cell
 LOGIT_OFF = -20.0  # background heat: sigmoid ~ 2e-9
@@ -128,18 +129,6 @@ def test_tta_returns_exact_boxes_in_image_pixels(flip):
     assert len(dets) == len(IMAGES)
     for d, spec in zip(dets, IMAGES):
         check(d, expected(spec, flip))
-
-
-def test_views_mirror_boxes_and_invert_them():
-    boxes = torch.tensor([[10.0, 5.0, 30.0, 25.0]])
-    flip = HFlip()
-    assert flip.apply_boxes(boxes, (64, 80)).tolist() == [[50.0, 5.0, 70.0, 25.0]]  # x' = W - x, x1 < x2
-    assert flip.invert(torch.tensor([[50.0, 5.0, 70.0, 25.0]]), (64, 80)).tolist() == boxes.tolist()
-    img = torch.arange(6.0).reshape(1, 1, 2, 3)
-    assert flip.apply(img)[0, 0, 0].tolist() == [2.0, 1.0, 0.0]
-    assert Identity().invert(boxes, (64, 80)) is boxes
-    assert [type(v) for v in test_views(True)] == [Identity, HFlip]
-    assert [type(v) for v in test_views(False)] == [Identity]
 
 
 def test_predictor_needs_a_view():

@@ -1,69 +1,65 @@
-"""Predictor with a mask head: per-view masks mapped back and averaged, pasted, RLE-encoded."""
+"""Predictor with a mask head: it asks every head for masks from its own forward passes; the plain
+variant's detections carry them, the matching-only variant's never do."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from torchvision.ops import roi_align
+from test_oracle import targets
+from test_predictor import IMAGES, setup
 
+from cnet.adaption.none import NoAdaption
+from cnet.backbone import HourglassNet
+from cnet.detector import CornerDetector
+from cnet.mask_head.centripetal_mask import CentripetalMask
 from cnet.masks import decode_rle
-from cnet.predictor import HFlip, Identity, Predictor, segm_tag
-from cnet.types import Detections, ImageMeta, Outputs
+from cnet.matching.centripetal import Centripetal
+from cnet.oracle import CornerOracle
+from cnet.postprocess import PostProcess
+from cnet.predictor import Predictor
+from cnet.types import ImageMeta
+from cnet.views import test_views
 
 
-class ImageMask:
-    """A stand-in head whose 'mask' is the RoIAligned first feature channel (flip-equivariant)."""
+class RecordingHead:
+    """A stand-in mask head: one fake RLE per detection; records what the predictor hands it."""
 
     def __init__(self) -> None:
-        self.seen: list[torch.Tensor] = []
+        self.calls: list[tuple] = []
 
-    def predict_masks(self, features, rois, labels, input_size):
-        maps = roi_align(features[:, :1], rois, (28, 28), 1.0, sampling_ratio=2, aligned=True)[:, 0]
-        self.seen.append(maps)
-        return maps
-
-
-def blob(h: int, w: int) -> torch.Tensor:
-    """An asymmetric shape: a right triangle in [10, 40) x [8, 30) of a [h, w] image."""
-    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-    return ((xs >= 10) & (ys >= 8) & (ys < 30) & (xs - 10 < (ys - 8) * 30 / 22)).float()
+    def segment(self, passes, input_size, detections, metas):
+        self.calls.append((passes, input_size, detections, metas))
+        return [[{"image": m.image_id, "n": k} for k in range(len(d.boxes))] for d, m in zip(detections, metas)]
 
 
-def outputs_for(image: torch.Tensor) -> Outputs:
-    feats = torch.stack([image, image.flip(-1)])[:, None]  # views batched view-major: [2, 1, H, W]
-    return Outputs([{}], tuple(image.shape), features=feats)  # type: ignore[arg-type]
+def test_no_mask_head_leaves_every_detection_without_masks():
+    predictor, images, metas = setup(flip=True)
+    for det in predictor(images, metas)[""]:
+        assert det.segmentations is None
 
 
-def test_flipped_view_masks_align_with_the_unflipped_ones():
-    h, w = 48, 64
-    image = blob(h, w)
-    head = ImageMask()
-    predictor = Predictor(torch.nn.Identity(), None, [Identity(), HFlip()], mask_head=head)  # type: ignore[arg-type]
-    meta = ImageMeta(image_id=1, orig_size=(40, 50), input_size=(h, w), border=(3.0, 5.0))
-    det = Detections(torch.tensor([[4.0, 4.0, 36.0, 28.0]]), torch.ones(1), torch.zeros(1, dtype=torch.int64))
-    probs = predictor.mask_probs([(predictor.views, outputs_for(image))], (h, w), 0, 1, det, meta)
-    plain, mirrored = head.seen
-    assert not torch.allclose(plain, mirrored, atol=1e-3)  # the view's own map runs the other way ...
-    assert torch.allclose(plain, mirrored.flip(-1), atol=1e-5)  # ... and lines up once mapped back
-    assert probs is not None and torch.allclose(probs, plain, atol=1e-5)
+def test_the_head_gets_the_forward_passes_and_masks_only_the_plain_variant():
+    predictor, images, metas = setup(flip=True, oracle=CornerOracle(2), heat=False)
+    head = predictor.mask_head = RecordingHead()
+    out = predictor(images, metas, targets())
+    ((passes, input_size, detections, seen_metas),) = head.calls
+    assert input_size == tuple(images.shape[-2:]) and seen_metas == metas and detections is out[""]
+    assert [len(p.views) for p in passes] == [2]  # identity and mirror: one forward pass
+    assert passes[0].outputs.levels[-1]["tl_heat"].shape[0] == 2 * len(IMAGES)  # view-major batch
+    for det, meta in zip(out[""], metas):
+        assert det.segmentations == [{"image": meta.image_id, "n": k} for k in range(len(det.boxes))]
+    assert all(det.segmentations is None for det in out["oracle_"])
 
 
-def test_masks_are_pasted_into_original_pixels_and_thresholded():
-    h, w = 48, 64
-    image = blob(h, w)
-    head = ImageMask()
-    predictor = Predictor(torch.nn.Identity(), None, [Identity(), HFlip()], mask_head=head)  # type: ignore[arg-type]
-    meta = ImageMeta(image_id=1, orig_size=(40, 50), input_size=(h, w), border=(3.0, 5.0))
-    # the blob in original pixels: input minus the border (top 3, left 5)
-    truth = image[3:43, 5:55] > 0.5
-    det = Detections(torch.tensor([[4.0, 4.0, 36.0, 28.0]]), torch.ones(1), torch.zeros(1, dtype=torch.int64))
-    probs = predictor.mask_probs([(predictor.views, outputs_for(image))], (h, w), 0, 1, det, meta)
-    rles = predictor.encode_masks(probs, det.boxes, meta.orig_size)
-    mask = decode_rle(rles, meta.orig_size)[0]
-    assert rles[0]["size"] == [40, 50]
-    iou = float((mask & truth).sum() / (mask | truth).sum())
-    assert iou > 0.9
-
-
-def test_segm_tag_names():
-    assert segm_tag("bbox") == "segm" and segm_tag("crowd_bbox") == "crowd_segm"
-    assert segm_tag("oracle_bbox") == "oracle_segm"
+def test_a_detector_with_a_mask_head_gives_each_detection_a_mask_of_its_image():
+    torch.manual_seed(0)
+    backbone = HourglassNet(num_stacks=1, stage_channels=(8, 8), stage_blocks=(1, 1), stem_channels=8, feat_channels=8)
+    mask_head = functools.partial(CentripetalMask, start_epoch=0)
+    model = CornerDetector(backbone, 2, Centripetal, NoAdaption, pool_channels=8, mask_head=mask_head).eval()
+    postprocess = PostProcess(model.matching, max_per_image=10)
+    predictor = Predictor(model, postprocess, test_views(True), mask_head=model.mask_head)
+    meta = ImageMeta(3, (30, 40), (31, 47), border=(1.0, 4.0))
+    (det,) = predictor(torch.randn(1, 3, 31, 47), [meta])[""]
+    assert det.segmentations is not None and len(det.segmentations) == len(det.boxes) > 0
+    assert decode_rle(det.segmentations, meta.orig_size).shape == (len(det.boxes), 30, 40)

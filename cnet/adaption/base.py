@@ -23,6 +23,7 @@ class Adaption(nn.Module):
 
     changes_features: bool = True
     idle_in_some_steps: bool = False  # every training step reaches every parameter
+    uses_masks: bool = False  # trains on boxes alone
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
@@ -31,6 +32,9 @@ class Adaption(nn.Module):
     @property
     def loss_weights(self) -> dict[str, float]:
         return {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """The 0-based epoch about to be trained (``Criterion.set_epoch``): no module depends on it."""
 
     def forward(self, tl_pool: Tensor, br_pool: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Adapted ``(tl, br)`` features, each [B, C, H, W] like the input, plus extra maps."""

@@ -94,12 +94,10 @@ class Criterion(ABC):
         return out
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the parts that define ``set_epoch`` which (0-based) epoch is about to be trained
-        (e.g. a mask head that starts after the detector's pre-training)."""
+        """Tell every part which (0-based) epoch is about to be trained (e.g. a mask head that
+        starts after the detector's pre-training; the others ignore it)."""
         for part in self.parts.values():
-            set_epoch = getattr(part, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(epoch)
+            part.set_epoch(epoch)
 
     def total(self, losses: dict[str, Tensor]) -> Tensor:
         """Weighted sum of the named terms (what the trainer back-propagates)."""

@@ -12,15 +12,20 @@ epoch ``start_epoch`` on: before it the detector trains alone and the head gets 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align
 
-from cnet.mask_head.base import MaskHead, Propose
+from cnet.mask_head.base import Decoder, MaskHead, no_decoder
+from cnet.mask_head.inference import encode_masks, view_mask_probs
 from cnet.masks import crop_masks
 from cnet.targets import CornerTargets
-from cnet.types import GroundTruth
+from cnet.types import Detections, Grid, GroundTruth, ImageMeta
+from cnet.views import ViewPass
 
 
 class CentripetalMask(MaskHead):
@@ -36,6 +41,7 @@ class CentripetalMask(MaskHead):
         iou_threshold: IoU with a same-class object for a proposal to be trained.
         start_epoch: first (0-based) epoch the head is trained.
         loss_weight: weight of ``mask`` (Eq. 9: 1).
+        decoder: where the proposals come from (the detector gives its :class:`cnet.decode.ProposalDecoder`).
     """
 
     uses_masks = True
@@ -54,8 +60,9 @@ class CentripetalMask(MaskHead):
         iou_threshold: float = 0.5,
         start_epoch: int = 0,
         loss_weight: float = 1.0,
+        decoder: Decoder = no_decoder,
     ) -> None:
-        super().__init__(in_channels, num_classes)
+        super().__init__(in_channels, num_classes, decoder)
         if mask_size != 2 * roi_size:
             raise ValueError(f"mask_head.mask_size={mask_size} must be 2 x mask_head.roi_size (one 2x upsampling)")
         if num_proposals < 1:
@@ -90,18 +97,20 @@ class CentripetalMask(MaskHead):
         channel = torch.zeros_like(labels) if self.class_agnostic else labels
         return logits[torch.arange(len(rois), device=rois.device), channel]
 
-    def forward(self, features: Tensor, propose: Propose, input_size: tuple[int, int]) -> dict[str, Tensor]:
-        """``mask_logits`` [R, M, M], ``mask_rois`` [R, 5], ``mask_labels`` [R]; R = 0 before start_epoch."""
+    def forward(self, features: Tensor, level: dict[str, Tensor], grid: Grid) -> dict[str, Tensor]:
+        """``mask_logits`` [R, M, M], ``mask_rois`` [R, 5], ``mask_labels`` [R] of the proposals that
+        ``decoder`` finds in the last ``level``'s maps; R = 0 before start_epoch."""
         if self.epoch < self.start_epoch:  # the detector trains alone: no proposals, no gradient
             return {
                 "mask_logits": features.new_zeros(0, self.mask_size, self.mask_size),
                 "mask_rois": features.new_zeros(0, 5),
                 "mask_labels": torch.zeros(0, dtype=torch.int64, device=features.device),
             }
+        input_size = (grid.in_h, grid.in_w)
         with torch.no_grad():
             rois, labels = [], []
             limit = features.new_tensor([input_size[1], input_size[0]] * 2)
-            for i, (boxes, _, cls) in enumerate(propose(self.corner_topk, self.num_proposals)):
+            for i, (boxes, _, cls) in enumerate(self.decoder(level, grid, self.corner_topk, self.num_proposals)):
                 boxes = boxes.detach().clamp(min=0).minimum(limit)  # inside the input
                 rois.append(torch.cat([boxes.new_full((len(boxes), 1), float(i)), boxes], dim=1))
                 labels.append(cls)
@@ -116,6 +125,24 @@ class CentripetalMask(MaskHead):
     def predict_masks(self, features: Tensor, rois: Tensor, labels: Tensor, input_size: tuple[int, int]) -> Tensor:
         """Mask probabilities [R, M, M] of ``rois`` [R, 5] with classes ``labels`` [R]."""
         return self.mask_logits(features, rois, labels.long(), input_size).sigmoid()
+
+    @torch.no_grad()
+    def segment(
+        self,
+        passes: Sequence[ViewPass],
+        input_size: tuple[int, int],
+        detections: Sequence[Detections],
+        metas: Sequence[ImageMeta],
+    ) -> list[list[dict[str, Any]] | None]:
+        """Per image: its detections' masks, ``predict_masks`` averaged over the views of ``passes``,
+        pasted, thresholded and RLE-encoded (cnet.mask_head.inference)."""
+        b = len(metas)
+        return [
+            encode_masks(
+                view_mask_probs(self.predict_masks, passes, input_size, i, b, det, meta), det.boxes, meta.orig_size
+            )
+            for i, (det, meta) in enumerate(zip(detections, metas))
+        ]
 
     @torch.no_grad()
     def assign(self, rois: Tensor, labels: Tensor, gts: list[GroundTruth]) -> tuple[Tensor, Tensor]:

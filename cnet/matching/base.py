@@ -31,6 +31,7 @@ class Matching(nn.Module, ABC):
     # regression/embedding terms, which are exactly 0 then
     dense_terms: tuple[str, ...] = ()
     idle_in_some_steps: bool = False  # every training step reaches every parameter
+    uses_masks: bool = False  # trains on boxes alone
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
@@ -41,6 +42,9 @@ class Matching(nn.Module, ABC):
     def loss_weights(self) -> dict[str, float]:
         """Weight of each loss term this strategy returns (keys equal those of ``loss``)."""
         return {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """The 0-based epoch about to be trained (``Criterion.set_epoch``): no strategy depends on it."""
 
     @abstractmethod
     def forward(self, feats: CornerFeatures) -> dict[str, Tensor]:
@@ -60,11 +64,10 @@ class Matching(nn.Module, ABC):
         """Perfect predictions built from the targets (round-trip tests, oracle studies)."""
 
     @abstractmethod
-    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, dict[str, Tensor]]:
+    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> Tensor:
         """Score all K x K corner pairs.
 
-        Returns ``scores`` [B, K, K] (tl on dim 1, br on dim 2) in [0, 1], with -1 for rejected
-        pairs, and optional per-pair extras [B, K, K, ...] the post-processor carries along.
+        Returns ``scores`` [B, K, K] (tl on dim 1, br on dim 2) in [0, 1], with -1 for rejected pairs.
         """
 
     @staticmethod

@@ -182,7 +182,7 @@ class CenterHeatmap(AssociativeEmbedding):
             "ct_off": targets["ct_off"],
         }
 
-    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, dict[str, Tensor]]:
+    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> Tensor:
         ok, _ = embedding_pairs_ok(pred["tl_emb"], pred["br_emb"], tl, br, self.threshold)
         centers = center_keypoints(pred["ct_heat"], pred["ct_off"], self.center_topk)
         ct_score = center_region_scores(
@@ -191,4 +191,4 @@ class CenterHeatmap(AssociativeEmbedding):
         box_score = self.mean_score(tl, br, geometric=False)  # CornerNet: (s_tl + s_br) / 2
         scores = (2 * box_score + ct_score) / 3
         keep = ok & (ct_score >= 0)
-        return torch.where(keep, scores, torch.full_like(scores, -1.0)), {}
+        return torch.where(keep, scores, torch.full_like(scores, -1.0))

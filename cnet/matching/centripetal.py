@@ -124,9 +124,9 @@ class CentralRegionMatching(Matching):
         """Centres [B, K, 2] (output-map units) implied by each top-left and bottom-right corner."""
         raise NotImplementedError
 
-    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, dict[str, Tensor]]:
+    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> Tensor:
         tl_ct, br_ct = self.implied_centers(pred, tl, br, grid)
-        return self.score_pairs(tl, br, tl_ct, br_ct, grid), {}
+        return self.score_pairs(tl, br, tl_ct, br_ct, grid)
 
     def score_pairs(self, tl: Corners, br: Corners, tl_ct: Tensor, br_ct: Tensor, grid: Grid) -> Tensor:
         """Scores [B, K, K] of all pairs (-1: rejected) from corners and centres [B, K, 2] in ``grid``'s map units."""

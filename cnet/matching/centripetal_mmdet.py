@@ -42,7 +42,7 @@ class CentripetalMmdet(Centripetal):
     arithmetic-mean score, no Eq. 5 weight and the 0.5 rejection.
     """
 
-    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, dict[str, Tensor]]:
+    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> Tensor:
         tl_ct, br_ct = self.implied_centers(pred, tl, br, grid)  # output-map units
         tl_px = clamp_at_origin(torch.stack([tl.xs, tl.ys], dim=-1), grid)
         br_px = clamp_at_origin(torch.stack([br.xs, br.ys], dim=-1), grid)
@@ -55,4 +55,4 @@ class CentripetalMmdet(Centripetal):
             clamp_at_origin(br_ct, grid),
             pixels,
         )
-        return scores, {}
+        return scores

@@ -173,7 +173,7 @@ class AssociativeEmbedding(Matching):
         tl_map, br_map = perfect_embeddings(targets, self.dim, int(h), int(w))
         return {"tl_emb": tl_map, "br_emb": br_map}
 
-    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> tuple[Tensor, dict[str, Tensor]]:
+    def pair(self, pred: dict[str, Tensor], tl: Corners, br: Corners, grid: Grid) -> Tensor:
         ok, _ = embedding_pairs_ok(pred["tl_emb"], pred["br_emb"], tl, br, self.threshold)
         scores = self.mean_score(tl, br, geometric=False)  # CornerNet: (s_tl + s_br) / 2
-        return torch.where(ok, scores, torch.full_like(scores, -1.0)), {}
+        return torch.where(ok, scores, torch.full_like(scores, -1.0))

@@ -37,8 +37,8 @@ from cnet.compose import (
 )
 from cnet.errors import USER_ERRORS
 from cnet.evaluation.coco_eval import detections_to_coco, write_results
+from cnet.evaluator import evaluate
 from cnet.files import write_text_atomic
-from cnet.predictor import evaluate
 from cnet.run import Evaluation
 from cnet.tracking import Tracker, flatten_params, resolve_tracking_uri
 from cnet.trainer import TrainState

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cnet.adaption.none import NoAdaption
 from cnet.criterion import CornerSum
 from cnet.matching.centripetal import Centripetal
 from cnet.ops import heat_to_logit
@@ -56,3 +57,22 @@ def test_terms_add_over_levels_and_total_weights_them():
 def test_two_parts_naming_one_term_are_refused():
     with pytest.raises(ValueError, match="centripetal"):
         CornerSum(2, {"matching": Centripetal(8, 2), "other": Centripetal(8, 2)})
+
+
+class EpochPart(Centripetal):
+    """A part that records the epochs it is told."""
+
+    def __init__(self) -> None:
+        super().__init__(8, 2)
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+def test_set_epoch_reaches_every_part_and_the_bases_ignore_it():
+    part = EpochPart()
+    criterion = CornerSum(2, {"adaption": NoAdaption(8), "matching": part})
+    criterion.set_epoch(3)
+    assert part.epochs == [3]
+    assert not NoAdaption(8).uses_masks and not Centripetal(8, 2).uses_masks  # box-only parts

@@ -183,7 +183,7 @@ def test_val_split_without_annotations_warns_and_scores_minus_one(
         f"{file}: 2 images, no annotations: every COCO figure of this split will be -1 (absent)"
     ]
     assert len(ds) == 2 and ds.counts.annotations == 0
-    # what cnet.predictor.evaluate runs on a split: COCOeval, then the mispair figures
+    # what cnet.evaluator.evaluate runs on a split: COCOeval, then the mispair figures
     results = [{"image_id": 1, "category_id": 3, "bbox": [1.0, 1.0, 9.0, 9.0], "score": 0.9}]
     figures = evaluate_coco(ds.coco, results)
     assert set(figures.values()) == {-1.0}

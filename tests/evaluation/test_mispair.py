@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 
 from cnet.evaluation import evaluate_coco
 from cnet.evaluation.mispair import CATEGORIES, classify_image, classify_results, mispair_figures
-from cnet.predictor import evaluate
+from cnet.evaluator import evaluate
 from cnet.targets import gaussian_radius
 from cnet.types import Detections
 

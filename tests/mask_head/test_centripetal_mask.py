@@ -8,6 +8,7 @@ import torch
 from cnet.adaption.none import NoAdaption
 from cnet.backbone import HourglassNet
 from cnet.criterion import CornerSum
+from cnet.decode import ProposalDecoder
 from cnet.detector import CornerDetector
 from cnet.mask_head.centripetal_mask import CentripetalMask
 from cnet.masks import crop_masks
@@ -127,3 +128,18 @@ def test_no_mask_gradient_before_start_epoch_then_the_head_trains():
     rois = out.levels[-1]["mask_rois"]
     assert 0 < len(rois) <= 8 and out.levels[-1]["mask_logits"].shape == (len(rois), 28, 28)
     assert not rois.requires_grad and (rois[:, 1:] >= 0).all() and (rois[:, 1:] <= 64).all()
+
+
+def test_predicted_masks_are_probabilities_of_each_roi():
+    h = head()
+    rois = torch.tensor([[0.0, 2.0, 2.0, 20.0, 14.0], [0.0, 0.0, 0.0, 63.0, 63.0]])
+    probs = h.predict_masks(torch.randn(1, C, 16, 16), rois, torch.tensor([0, 2]), (64, 64))
+    assert probs.shape == (2, 28, 28) and ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_the_detector_gives_the_head_its_last_stacks_decoder_outside_the_state_dict():
+    model = detector(start_epoch=0)
+    assert isinstance(model.mask_head.decoder, ProposalDecoder) and model.mask_head.decoder.matching is model.matching
+    assert not [k for k in model.state_dict() if "decoder" in k]  # the matching is saved once, in its head
+    with pytest.raises(ValueError, match="without a proposal decoder"):
+        head()(torch.randn(1, C, 16, 16), {}, Grid(64, 64, 16, 16))  # built outside a detector

@@ -2,7 +2,7 @@
 
 Every mask head composes with every matching strategy and adaption module into a detector that
 trains one step (its loss terms finite and weighted, no collision with the other parts' terms),
-and at inference either predicts [R, M, M] probabilities or declines (None).
+and at inference gives every final detection one mask of its image or declines (None).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from cnet.backbone import HourglassNet
 from cnet.compose import build_detector, compose_config, group_options
 from cnet.criterion import CornerSum
 from cnet.mask_head import MaskHead
-from cnet.types import GroundTruth
+from cnet.types import Detections, GroundTruth, ImageMeta
+from cnet.views import ViewPass, test_views
 
 MASK_HEADS = group_options("mask_head")
 K = 2
@@ -64,13 +65,16 @@ def test_every_combination_composes_and_trains_a_step(mask_head, matching, adapt
 
 
 @pytest.mark.parametrize("mask_head", MASK_HEADS)
-def test_inference_masks_are_probabilities_or_none(mask_head):
+def test_inference_gives_one_mask_per_detection_or_none(mask_head):
     model = build(mask_head).eval()
-    out = model(torch.randn(1, 3, 32, 32))
-    rois = torch.tensor([[0.0, 2.0, 2.0, 20.0, 14.0], [0.0, 0.0, 0.0, 31.0, 31.0]])
-    probs = model.mask_head.predict_masks(out.features, rois, torch.tensor([0, 1]), out.input_size)
+    images, views = torch.randn(1, 3, 32, 32), test_views(flip=True)
+    with torch.no_grad():
+        passes = [ViewPass(views, model(torch.cat([v.apply(images) for v in views])))]
+    meta = ImageMeta(0, (30, 28), (32, 32), border=(1.0, 2.0))
+    boxes = torch.tensor([[2.0, 2.0, 20.0, 14.0], [0.0, 0.0, 28.0, 30.0]])
+    det = Detections(boxes, torch.ones(2), torch.tensor([0, 1]))
+    (masks,) = model.mask_head.segment(passes, (32, 32), [det], [meta])
     if mask_head == "none":
-        assert probs is None and not list(model.mask_head.parameters())
+        assert masks is None and not list(model.mask_head.parameters())
     else:
-        assert probs is not None and probs.shape[0] == 2 and probs.shape[1] == probs.shape[2]
-        assert ((probs >= 0) & (probs <= 1)).all()
+        assert masks is not None and len(masks) == 2 and all(m["size"] == [30, 28] for m in masks)

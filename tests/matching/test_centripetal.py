@@ -94,7 +94,7 @@ def _shift_maps(tl: tuple[int, int], br: tuple[int, int], tl_ct, br_ct, size: in
 def pair_score(rule: dict, tl_ct, br_ct, tl=(10, 10), br=(40, 40), s_tl: float = 0.8, s_br: float = 0.6) -> float:
     matching = Centripetal(8, 1, **rule)
     pred = _shift_maps(tl, br, tl_ct, br_ct)
-    scores, _ = matching.pair(pred, corner(*tl, s_tl), corner(*br, s_br), GRID1)
+    scores = matching.pair(pred, corner(*tl, s_tl), corner(*br, s_br), GRID1)
     return float(scores[0, 0, 0])
 
 
@@ -134,7 +134,7 @@ def test_inverted_pairs_are_rejected(rule):
         pred = {"tl_cs": torch.zeros(1, 2, 64, 64), "br_cs": torch.zeros(1, 2, 64, 64)}
         pred["tl_cs"][0, :, tl[1], tl[0]] = torch.tensor([abs(25.0 - tl[0]), abs(25.0 - tl[1])]).log()
         pred["br_cs"][0, :, br[1], br[0]] = torch.tensor([abs(br[0] - 25.0), abs(br[1] - 25.0)]).log()
-        scores, _ = matching.pair(pred, corner(*tl, 0.9), corner(*br, 0.9), GRID1)
+        scores = matching.pair(pred, corner(*tl, 0.9), corner(*br, 0.9), GRID1)
         assert float(scores[0, 0, 0]) == -1.0, (tl, br)
 
 
@@ -143,5 +143,5 @@ def test_pairs_of_different_classes_are_rejected():
     pred = _shift_maps((10, 10), (40, 40), (25.0, 25.0), (25.0, 25.0))
     br = corner(40, 40, 0.6)
     br.classes[:] = 1
-    scores, _ = matching.pair(pred, corner(10, 10, 0.8), br, GRID1)
+    scores = matching.pair(pred, corner(10, 10, 0.8), br, GRID1)
     assert float(scores[0, 0, 0]) == -1.0

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from cnet.matching.centripetal import Centripetal
 from cnet.matching.centripetal_mmdet import CentripetalMmdet
 from cnet.postprocess import PostProcess
-from cnet.predictor import HFlip, Identity, Predictor, Scale
+from cnet.predictor import Predictor
 from cnet.types import Corners, Grid, ImageMeta, Outputs
+from cnet.views import HFlip, Identity, Scale
 
 PAPER = dict(mu_large=1 / 2.1, mu_small=1 / 2.4, geometric_mean=True, center_weight=True, max_center_ratio=None)
 MMDET = dict(mu_large=1 / 2.1, mu_small=1 / 2.4, geometric_mean=False, center_weight=False, max_center_ratio=0.5)
@@ -63,8 +64,8 @@ def score(matching, case: dict, origins: list[tuple[float, float] | None]) -> li
         grid = GRID
     else:
         grid = Grid(GRID.in_h, GRID.in_w, SIZE, SIZE, torch.tensor([o or (0.0, 0.0) for o in origins]))
-    s, extras = matching.pair(pred, corners([tl] * b, [case["s"][0]] * b), corners([br] * b, [case["s"][1]] * b), grid)
-    assert extras == {} and s.shape == (b, 1, 1)
+    s = matching.pair(pred, corners([tl] * b, [case["s"][0]] * b), corners([br] * b, [case["s"][1]] * b), grid)
+    assert s.shape == (b, 1, 1)
     return [float(v) for v in s[:, 0, 0]]
 
 

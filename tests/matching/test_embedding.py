@@ -106,7 +106,7 @@ def _one_pair(tl_value: list[float], br_value: list[float]):
 @pytest.mark.parametrize("gap, accepted", [(0.4, True), (0.6, False), (0.5, True)])
 def test_ae1d_threshold(gap, accepted):
     pred, tl, br = _one_pair([1.0], [1.0 + gap])
-    scores, _ = AE1D(4, 1).pair(pred, tl, br, Grid(32, 32, 8, 8))
+    scores = AE1D(4, 1).pair(pred, tl, br, Grid(32, 32, 8, 8))
     # accepted pairs score the arithmetic mean of the corner scores
     assert scores.item() == (pytest.approx(0.7) if accepted else -1.0)
 
@@ -117,18 +117,18 @@ def test_ae2d_uses_euclidean_distance(value, accepted):
     pred, tl, br = _one_pair([0.0, 0.0], [value, value])
     dist = embedding_distance(gather_at(pred["tl_emb"], tl.inds), gather_at(pred["br_emb"], br.inds))
     assert dist.item() == pytest.approx(math.sqrt(2) * value)
-    scores, _ = AE2D(4, 1).pair(pred, tl, br, Grid(32, 32, 8, 8))
+    scores = AE2D(4, 1).pair(pred, tl, br, Grid(32, 32, 8, 8))
     assert scores.item() == (pytest.approx(0.7) if accepted else -1.0)
 
 
 def test_matching_embeddings_do_not_override_geometry_or_class():
     pred, tl, br = _one_pair([1.0], [1.0])
     grid = Grid(32, 32, 8, 8)
-    assert AE1D(4, 1).pair(pred, tl, br, grid)[0].item() == pytest.approx(0.7)
+    assert AE1D(4, 1).pair(pred, tl, br, grid).item() == pytest.approx(0.7)
     inverted = Corners(br.scores, br.classes, br.inds, tl.xs - 1, tl.ys)  # br left of tl
-    assert AE1D(4, 1).pair(pred, tl, inverted, grid)[0].item() == -1.0
+    assert AE1D(4, 1).pair(pred, tl, inverted, grid).item() == -1.0
     other = Corners(br.scores, br.classes + 1, br.inds, br.xs, br.ys)
-    assert AE1D(4, 2).pair(pred, tl, other, grid)[0].item() == -1.0
+    assert AE1D(4, 2).pair(pred, tl, other, grid).item() == -1.0
 
 
 def test_layers_dims_and_weights():
@@ -162,5 +162,5 @@ def test_pairs_must_be_ordered_even_with_equal_embeddings(cls, tl_xy, br_xy, kep
 
     matching = cls(8, 1)
     pred = {"tl_emb": torch.zeros(1, cls.dim, 16, 16), "br_emb": torch.zeros(1, cls.dim, 16, 16)}  # distance 0
-    scores, _ = matching.pair(pred, one(tl_xy, 0.8), one(br_xy, 0.6), GRID)
+    scores = matching.pair(pred, one(tl_xy, 0.8), one(br_xy, 0.6), GRID)
     assert float(scores[0, 0, 0]) == (pytest.approx(0.7) if kept else -1.0)

@@ -95,7 +95,7 @@ def test_rejected_pairs_never_appear(name):
 
     tl = Corners(*topk_cells(local_maxima(level["tl_heat"].sigmoid()), level["tl_off"], 20))
     br = Corners(*topk_cells(local_maxima(level["br_heat"].sigmoid()), level["br_off"], 20))
-    scores, _ = matching.pair(level, tl, br, grid)
+    scores = matching.pair(level, tl, br, grid)
     bad = (tl.classes[:, :, None] != br.classes[:, None, :]) | (tl.xs[:, :, None] >= br.xs[:, None, :])
     assert (scores[bad] == -1).all()
     assert ((scores[~bad] == -1) | ((scores[~bad] >= 0) & (scores[~bad] <= 1))).all()

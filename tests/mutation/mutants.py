@@ -294,16 +294,16 @@ MUTANTS: list[Mutant] = [
         "cnet/ops.py",
         "[width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]]",
         "[width - boxes[:, 0], boxes[:, 1], width - boxes[:, 2], boxes[:, 3]]",
-        ("tests/test_predictor.py",),
+        ("tests/test_views.py", "tests/test_predictor.py"),
     ),
     Mutant(
         "hflip_invert_is_identity",
         "TTA",
-        "cnet/predictor.py",
+        "cnet/views.py",
         "    def invert(self, boxes: Tensor, input_size: tuple[int, int]) -> Tensor:\n"
         "        return mirror_boxes(boxes, input_size[1])",
         "    def invert(self, boxes: Tensor, input_size: tuple[int, int]) -> Tensor:\n        return boxes",
-        ("tests/test_predictor.py",),
+        ("tests/test_views.py", "tests/test_predictor.py"),
     ),
     Mutant(
         "merge_view_index_image_major",
@@ -312,6 +312,14 @@ MUTANTS: list[Mutant] = [
         "for c in cands[v * b : (v + 1) * b]]",
         "for c in cands[v :: len(views)]]",
         ("tests/test_predictor.py",),
+    ),
+    Mutant(
+        "mask_view_map_not_mapped_back",
+        "TTA / mask_head",
+        "cnet/mask_head/inference.py",
+        "probs = view.invert_masks(predict(outputs.features, rois, det.labels, outputs.input_size))",
+        "probs = predict(outputs.features, rois, det.labels, outputs.input_size)",
+        ("tests/mask_head/test_inference.py",),
     ),
     Mutant(
         "oracle_not_mirrored",
