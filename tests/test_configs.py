@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from cnet.backbone import HourglassNet
 from cnet.compose import build_detector, compose_config, group_options, instantiate_node, to_dataclass
-from cnet.run import TestConfig
+from cnet.model import TestConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

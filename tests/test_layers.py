@@ -1,6 +1,6 @@
 """The package reads bottom-up: no import cycles, no import from a higher layer, Hydra in one module.
 
-helpers <- backbone/matching/adaption/mask_head <- decode/detector <- criterion/postprocess <- trainer/predictor <- run
+helpers <- backbone/matching/adaption/mask_head <- decode/detector <- criterion/postprocess <- trainer/predictor/model <- run
 <- compose <- tools <- train.py. Imports are read from the source (``ast``), so the test sees
 imports inside functions too.
 """
@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, int]] = [
     ("cnet.postprocess", 4),
     ("cnet.oracle", 4),
     ("cnet.predictor", 5),
+    ("cnet.model", 5),
     ("cnet.trainer", 5),
     ("cnet.tracking", 5),
     ("cnet.run", 6),
