@@ -205,6 +205,7 @@ class Run:
         return TrainState.load(ckpt) if checkpoint_exists(ckpt) else None
 
     def _log_summary(self, num_train: int, val_sets: dict[str, CocoDetection]) -> None:
+        """One line: the data, classes, parameters, device and where the run resumes."""
         log.info(
             "%d train / %s val images, %d classes, %d parameters, device %s%s",
             num_train,

@@ -1,8 +1,8 @@
 """The package reads bottom-up: no import cycles, no import from a higher layer, Hydra in one module.
 
-helpers <- backbone/matching/adaption/mask_head <- decode/detector <- criterion/postprocess <- trainer/predictor/model <- run
-<- compose <- tools <- train.py. Imports are read from the source (``ast``), so the test sees
-imports inside functions too.
+helpers <- backbone/matching/adaption/mask_head <- decode/detector <- criterion/postprocess
+<- trainer/predictor/model <- run <- compose <- tools <- train.py. Imports are read from the source
+(``ast``), so the test sees imports inside functions too.
 """
 
 from __future__ import annotations

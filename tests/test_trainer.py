@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from cnet.compose import build_model, compose_config
-from cnet.data import SyntheticData, TestTransform, TrainTransform
+from cnet.data import CocoDetection, SyntheticData, TestTransform, TrainTransform
+from cnet.errors import DataError
 from cnet.run import Run
 from cnet.schedule import ScheduleConfig, warmup_multistep
 from cnet.trainer import Callback, NonFiniteLossError, Trainer, TrainerConfig, TrainState
@@ -34,14 +35,22 @@ TINY = [
 
 
 def make_run(
-    data: SyntheticData, out_dir: Path, epochs: int = 2, lr: float = 5e-4, adaption: str = "cross_star", **trainer
+    data: SyntheticData,
+    out_dir: Path,
+    epochs: int = 2,
+    lr: float = 5e-4,
+    adaption: str = "cross_star",
+    overrides: tuple[str, ...] = (),
+    val: CocoDetection | None = None,
+    **trainer,
 ) -> Run:
-    val_sets = {"bbox": data.val_dataset(TestTransform(pad_or=63))}
+    val_sets = {"bbox": val if val is not None else data.val_dataset(TestTransform(pad_or=63))}
+    cfg = compose_config([f"adaption={adaption}", *TINY, *overrides])
     return Run(
         data=data,
         train_transform=TrainTransform(crop_size=63),
         val_sets=val_sets,
-        model=build_model(compose_config([f"adaption={adaption}", *TINY]), val_sets["bbox"].num_classes),
+        model=build_model(cfg, val_sets["bbox"].num_classes),
         optimizer=functools.partial(torch.optim.Adam, lr=lr),
         schedule=ScheduleConfig(epochs=epochs, milestones=[1], warmup_iters=2),
         trainer=TrainerConfig(**({"batch_size": 4, "progress": False} | trainer)),
@@ -93,6 +102,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
 def test_batch_larger_than_dataset_is_a_clear_error(data, tmp_path):
     with pytest.raises(ValueError, match=r"trainer\.batch_size"):
         make_run(data, tmp_path, epochs=1, batch_size=1000)
+
+
+def test_the_training_split_decodes_masks_only_for_a_mask_head(data, tmp_path):
+    plain = make_run(data, tmp_path / "plain", epochs=1)
+    masked = make_run(data, tmp_path / "mask", epochs=1, overrides=("mask_head=centripetal_mask",))
+    assert [r.train_loader.dataset.with_masks for r in (plain, masked)] == [False, True]
+
+
+def test_training_and_validation_files_must_list_the_same_categories(data, tmp_path):
+    val = data.val_dataset(TestTransform(pad_or=63))
+    val.cat_ids = val.cat_ids[1:]  # as a validation file without the first category
+    with pytest.raises(DataError, match="same categories"):
+        make_run(data, tmp_path, epochs=1, val=val)
 
 
 def weights_equal(a: Run, b: Run) -> bool:
