@@ -22,7 +22,7 @@ from cnet import provenance
 from cnet.compose import build_run
 from cnet.distributed import broadcast_object, destroy, init_distributed, is_main
 from cnet.errors import USER_ERRORS
-from cnet.run import PAPER_GLOBAL_BATCH, Run, resolve_device, seed_everything
+from cnet.run import PAPER_GLOBAL_BATCH, Run, resolve_device
 from cnet.tracking import Tracker, flatten_params, resolve_tracking_uri, run_status
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -70,8 +70,7 @@ def train(cfg: DictConfig) -> float:
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
     try:
-        seed_everything(cfg.seed)  # before any module is built: weights init from the seed
-        run = build_run(cfg, out_dir)
+        run = build_run(cfg, out_dir)  # seeds the weights' initialisation (cnet.compose.build_model)
         # every rank skips a finished job, or none does (rank 0 asks the store)
         if broadcast_object(env.is_main and already_finished(cfg, run, out_dir)):
             return float(run.resume.metrics.get("bbox_AP", 0.0)) if run.resume else 0.0

@@ -23,12 +23,15 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
-from cnet.data.coco import CocoDetection
+from cnet.data.coco import CocoData, CocoDetection
+from cnet.data.transforms import TestTransform
 from cnet.detector import CornerDetector
 from cnet.files import write_text_atomic
+from cnet.model import Model, TestConfig, build_predictor, seed_everything
 from cnet.resources import CONFIG_DIR
-from cnet.run import Evaluation, Run, TestConfig
+from cnet.run import Evaluation, Run
 from cnet.schedule import ScheduleConfig
 from cnet.trainer import TrainerConfig
 
@@ -72,13 +75,35 @@ def build_parts(cfg: DictConfig) -> dict[str, Callable[..., Any]]:
     return parts
 
 
-def build_detector(cfg: DictConfig, num_classes: int, backbone: Any = None) -> CornerDetector:
-    """The detector of ``cfg`` for ``num_classes`` classes (``backbone`` overrides ``cfg.backbone``)."""
-    return CornerDetector(
-        backbone if backbone is not None else instantiate(cfg.backbone),
-        num_classes,
-        **cast(dict[str, Any], build_parts(cfg)),
-    )
+def build_model(cfg: DictConfig, num_classes: int, backbone: nn.Module | None = None) -> Model:
+    """DETR's triple of ``cfg`` for ``num_classes`` classes: the detector (``cfg.backbone`` and the
+    parts of ``PART_GROUPS``; ``backbone`` overrides ``cfg.backbone``), its criterion (``cfg.criterion``,
+    called with the classes and ``model.parts``) and its predictor (``cfg.test``, and the test
+    transform's ``pad_or`` for scaled views). Training, ``cnet.test``/``cnet.predict`` and the tools
+    all build their model here.
+
+    Seeding (the one place that seeds the global RNGs): ``seed_everything(cfg.seed)`` right before the
+    backbone is built and again right before the detector's heads (and mask head), so each
+    component's initial weights depend on the seed only, not on what was built (or drew random
+    numbers) before it: swapping the backbone leaves the heads' initial weights as they were, and the
+    global RNG state after the call depends on the seed and the heads only. (Those are the weights
+    train.py's seed-then-build and Run's second seed before the heads gave; nothing else in
+    assembly draws from the global RNGs: data augmentation and sampling use their own generators.)
+    """
+    seed = int(cfg.seed)
+    seed_everything(seed)
+    net = backbone if backbone is not None else instantiate(cfg.backbone)
+    seed_everything(seed)
+    detector = CornerDetector(net, num_classes, **cast(dict[str, Any], build_parts(cfg)))
+    criterion = instantiate(cfg.criterion)(num_classes, detector.parts)
+    transform = cast(TestTransform, instantiate(cfg.data.test_transform))
+    predictor = build_predictor(detector, num_classes, to_dataclass(TestConfig, cfg.test), transform.pad_or)
+    return Model(detector, criterion, predictor)
+
+
+def build_detector(cfg: DictConfig, num_classes: int, backbone: nn.Module | None = None) -> CornerDetector:
+    """The detector of :func:`build_model` alone (tools and tests that need no loss or inference)."""
+    return build_model(cfg, num_classes, backbone).model
 
 
 def to_dataclass(cls: type, node: DictConfig) -> Any:
@@ -87,55 +112,51 @@ def to_dataclass(cls: type, node: DictConfig) -> Any:
 
 
 def build_run(cfg: DictConfig, out_dir: Path) -> Run:
-    """Every object of one training job, from the composed config."""
+    """Every object of one training job, from the composed config: the evaluation splits first (the
+    model's classes are theirs), the model, then the run around it (which builds the training split)."""
+    data = instantiate(cfg.data.source)
+    val_sets = build_val_sets(cfg, source=data)
     return Run(
-        data=instantiate(cfg.data.source),
+        data=data,
         train_transform=instantiate(cfg.data.train_transform),
-        test_transform=instantiate(cfg.data.test_transform),
-        backbone=instantiate(cfg.backbone),
-        parts=build_parts(cfg),
-        criterion=instantiate(cfg.criterion),
+        val_sets=val_sets,
+        model=build_model(cfg, val_sets["bbox"].num_classes),
         optimizer=instantiate(cfg.optim),
         schedule=to_dataclass(ScheduleConfig, cfg.schedule),
         trainer=to_dataclass(TrainerConfig, cfg.trainer),
-        test=to_dataclass(TestConfig, cfg.test),
         out_dir=out_dir,
         seed=cfg.seed,
         device=cfg.device,
-        extra_val={name: instantiate(source) for name, source in cfg.data.extra_val.items()},
     )
 
 
 def build_evaluation(
     cfg: DictConfig, ann_file: Path | None = None, img_dir: Path | None = None, check_images: bool = True
 ) -> Evaluation:
-    """The detector, predictor and validation sets of ``cfg`` without its training data: the run's
-    val split and extra splits, or one COCO annotation file ``ann_file`` with images in ``img_dir``.
+    """The model and validation sets of ``cfg`` without its training data: the run's val split and
+    extra splits, or one COCO annotation file ``ann_file`` with images in ``img_dir``.
     ``check_images=False``: the images need not exist (only the categories are used)."""
-    transform = instantiate(cfg.data.test_transform)
     if ann_file is not None:
         folder = img_dir if img_dir is not None else ann_file.parent
+        transform = instantiate(cfg.data.test_transform)
         val_sets = {"bbox": CocoDetection(folder, ann_file, transform, check_images=check_images)}
     else:
         val_sets = build_val_sets(cfg, check_images)
-    return Evaluation(
-        val_sets,
-        backbone=instantiate(cfg.backbone),
-        parts=build_parts(cfg),
-        test=to_dataclass(TestConfig, cfg.test),
-        pad_or=int(getattr(transform, "pad_or", 127)),
-        device=cfg.device,
-        num_workers=int(cfg.trainer.num_workers),
-    )
+    model = build_model(cfg, next(iter(val_sets.values())).num_classes)
+    return Evaluation(val_sets, model, device=cfg.device, num_workers=int(cfg.trainer.num_workers))
 
 
-def build_val_sets(cfg: DictConfig, check_images: bool = True) -> dict[str, CocoDetection]:
-    """The run's evaluation splits by figure prefix: ``bbox`` (its val split) and ``<name>_bbox`` per
-    ``data.extra_val`` entry (e.g. ``crowd_bbox``), with the run's test transform."""
+def build_val_sets(
+    cfg: DictConfig, check_images: bool = True, source: CocoData | None = None
+) -> dict[str, CocoDetection]:
+    """The run's evaluation splits by figure prefix: ``bbox`` (the val split of ``source``, default
+    ``cfg.data.source``) and ``<name>_bbox`` per ``data.extra_val`` entry (e.g. ``crowd_bbox``), with
+    the run's test transform."""
     transform = instantiate(cfg.data.test_transform)
-    val_sets = {"bbox": instantiate(cfg.data.source).val_dataset(transform, check_images)}
-    for name, source in cfg.data.extra_val.items():
-        val_sets[f"{name}_bbox"] = instantiate(source).val_dataset(transform, check_images)
+    source = source if source is not None else instantiate(cfg.data.source)
+    val_sets = {"bbox": source.val_dataset(transform, check_images)}
+    for name, extra in cfg.data.extra_val.items():
+        val_sets[f"{name}_bbox"] = instantiate(extra).val_dataset(transform, check_images)
     return val_sets
 
 

@@ -1,32 +1,26 @@
-"""Assembles one training run from already-instantiated parts (no config objects here)."""
+"""One training job (:class:`Run`) or one evaluation (:class:`Evaluation`) around a built
+:class:`~cnet.model.Model` (built by :func:`cnet.compose.build_model`; no config objects here)."""
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-import numpy as np
 import torch
-from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from cnet import distributed
 from cnet.checkpoint import checkpoint_exists
-from cnet.criterion import CornerSum, Criterion
 from cnet.data import CocoData, collate
-from cnet.data.coco import CocoDetection
+from cnet.data.coco import CocoDetection, Transform
 from cnet.data.sampler import GlobalBatchSampler, ShardSampler
-from cnet.detector import CornerDetector
-from cnet.oracle import CornerOracle
-from cnet.postprocess import PostProcess
-from cnet.predictor import Predictor
+from cnet.errors import DataError
+from cnet.model import Model
 from cnet.schedule import ScheduleConfig, warmup_multistep
 from cnet.trainer import Callback, Trainer, TrainerConfig, TrainState
-from cnet.views import test_views
 
 log = logging.getLogger(__name__)
 
@@ -55,29 +49,6 @@ class LogMetrics(Callback):
         self.tracker.log_metrics({k: v for k, v in metrics.items() if v != -1}, step=epoch)
 
 
-@dataclass
-class TestConfig:
-    """``conf/test``: inference settings (see cnet.postprocess.PostProcess)."""
-
-    __test__ = False  # not a pytest test class
-
-    flip: bool = True
-    scales: list[float] = field(default_factory=lambda: [1.0])  # multi-scale testing (with flip per scale)
-    matching_only: bool = True
-    corner_topk: int = 100
-    num_dets: int = 1000
-    max_per_image: int = 100
-    nms_sigma: float = 0.5
-    nms_min_score: float = 1e-3
-    kernel: int = 3
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # the paper's global batch (§4.1: 16 GPUs x 6 images), for which its lr 5e-4 was tuned
 PAPER_GLOBAL_BATCH = 96
 
@@ -87,18 +58,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{distributed.cuda_index(local_rank)}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def build_predictor(model: CornerDetector, num_classes: int, test: TestConfig, pad_or: int = 127) -> Predictor:
-    """The post-processor and test-time views of ``test`` around ``model`` (``pad_or``: the test
-    transform's padding, which scaled views repeat)."""
-    postprocess = PostProcess(
-        model.matching, test.corner_topk, test.num_dets, test.max_per_image,
-        test.nms_sigma, test.nms_min_score, test.kernel,
-    )  # fmt: skip
-    oracle = CornerOracle(num_classes) if test.matching_only else None
-    views = test_views(test.flip, test.scales, pad_or)
-    return Predictor(model, postprocess, views, oracle, mask_head=model.mask_head)
 
 
 def eval_loader(dataset: CocoDetection, num_workers: int = 0) -> DataLoader:
@@ -111,27 +70,20 @@ def eval_loader(dataset: CocoDetection, num_workers: int = 0) -> DataLoader:
 
 
 class Evaluation:
-    """A detector, its predictor and validation loaders, without training data or optimizer:
-    ``evaluate(checkpoint)`` scores a checkpoint's weights (cnet.tools.test).
+    """A built model's predictor and validation loaders, without training data or optimizer:
+    ``load(state)`` then ``cnet.predictor.evaluate`` scores a checkpoint's weights (cnet.tools.test).
 
-    ``val_sets``: name (``bbox``, ``crowd_bbox``, ...) -> dataset; the model gets the first one's classes.
+    ``val_sets``: name (``bbox``, ``crowd_bbox``, ...) -> dataset; the model was built for the first one's
+    classes. ``model``: the built triple (its criterion is not used).
     """
 
     def __init__(
-        self,
-        val_sets: dict[str, CocoDetection],
-        backbone: nn.Module,
-        parts: dict[str, Callable[..., Any]],
-        test: TestConfig,
-        pad_or: int = 127,
-        device: str = "auto",
-        num_workers: int = 0,
+        self, val_sets: dict[str, CocoDetection], model: Model, device: str = "auto", num_workers: int = 0
     ) -> None:
         self.device = resolve_device(device, distributed.current().local_rank)
         self.val_sets = val_sets
-        self.num_classes = next(iter(val_sets.values())).num_classes
-        self.model = CornerDetector(backbone, self.num_classes, **cast(dict[str, Any], parts)).to(self.device)
-        self.predictor = build_predictor(self.model, self.num_classes, test, pad_or)
+        self.model, self.predictor = model.model.to(self.device), model.predictor
+        self.num_classes = self.model.num_classes
         self.loaders = {k: eval_loader(v, num_workers) for k, v in val_sets.items()}
 
     def load(self, state: TrainState, source: Path) -> None:
@@ -148,43 +100,65 @@ class Evaluation:
 
 
 class Run:
-    """Datasets, loaders, detector, criterion, post-processor, optimizer and schedule of one job.
+    """The training split and loaders, optimizer and schedule, Trainer and resume state of one job
+    around a built ``model`` (detector, criterion and predictor: :class:`~cnet.model.Model`).
 
-    ``parts`` are the detector's part factories by name (``matching``, ``adaption``, ``mask_head``: see
-    :class:`cnet.detector.CornerDetector`); ``criterion`` is the loss convention's factory, called
-    with the number of classes and the model's parts (``criterion=corner_sum``: the paper).
-    ``resume_run_id`` is the MLflow run of an interrupted earlier attempt in ``out_dir`` (None for a
-    fresh run); ``fit(tracker)`` continues it to the end and evaluates; ``evaluate()`` scores a
-    checkpoint without training.
+    ``data`` gives the training split, built here with the instance masks when the model has a mask
+    head; ``val_sets`` are the evaluation splits by figure prefix (``bbox``, ``crowd_bbox``, ...), the
+    model's classes those of ``bbox`` (the training split must list the same categories). ``seed``
+    orders the data (the weights were seeded when the model was built). ``resume_run_id`` is the
+    MLflow run of an interrupted earlier attempt in ``out_dir`` (None for a fresh run); ``fit(tracker)``
+    continues it to the end and evaluates; ``evaluate()`` scores a checkpoint without training.
     """
 
     def __init__(
         self,
         data: CocoData,
-        train_transform: Callable,
-        test_transform: Callable,
-        backbone: nn.Module,
-        parts: dict[str, Callable[..., Any]],
+        train_transform: Transform,
+        val_sets: dict[str, CocoDetection],
+        model: Model,
         optimizer: Callable[..., torch.optim.Optimizer],
         schedule: ScheduleConfig,
         trainer: TrainerConfig,
-        test: TestConfig,
         out_dir: Path,
         seed: int = 0,
         device: str = "auto",
-        extra_val: dict[str, CocoData] | None = None,
-        criterion: Callable[..., Criterion] = CornerSum,
     ) -> None:
-        seed_everything(seed)
         self.env = distributed.current()
         self.out_dir, self.device = out_dir, resolve_device(device, self.env.local_rank)
         if self.device.type == "cuda":  # TF32 matmuls/convolutions for the fp32 parts (bf16 autocast elsewhere)
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        train_set = data.train_dataset(train_transform)
+        self.model, self.criterion, self.predictor = model.model.to(self.device), model.criterion, model.predictor
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        train_set = self._train_set(data, train_transform, val_sets["bbox"])
         self.train_annotations = Path(train_set.ann_file)  # what the run trained on (tracked as its dataset)
-        val_sets = {"bbox": data.val_dataset(test_transform)}
-        for name, extra in (extra_val or {}).items():  # e.g. "crowd": the look-alike-crowd split
-            val_sets[f"{name}_bbox"] = extra.val_dataset(test_transform)
+        self.train_loader, sampler = self._train_loader(train_set, trainer, seed)
+        self.val_loaders = {k: eval_loader(v, trainer.num_workers) for k, v in val_sets.items()}
+        self.optimizer, self.scheduler = self._optimizer(optimizer, schedule, sampler.steps_per_epoch)
+        self.trainer = Trainer(
+            self.model, self.criterion, self.optimizer, self.scheduler, self.train_loader, self.predictor,
+            self.val_loaders, trainer, schedule, out_dir, self.device, seed=seed,
+        )  # fmt: skip
+        self.batch = self._batch(trainer, sampler)
+        self.resume = self._resume()
+        self.resume_run_id: str | None = self.resume.mlflow_run_id if self.resume else None
+        self._log_summary(len(train_set), val_sets)
+
+    def _train_set(self, data: CocoData, transform: Transform, val: CocoDetection) -> CocoDetection:
+        """The training split, decoding the segmentations only for a mask head; its categories must be
+        those of ``val`` (the model's classes, and the label -> category id map of the figures)."""
+        train_set = data.train_dataset(transform, with_masks=self.model.uses_masks)
+        if train_set.cat_ids != val.cat_ids:
+            raise DataError(
+                f"{train_set.ann_file} lists {train_set.num_classes} categories and {val.ann_file} "
+                f"{val.num_classes}, or other ids; training and validation files need the same categories"
+            )
+        return train_set
+
+    def _train_loader(
+        self, train_set: CocoDetection, trainer: TrainerConfig, seed: int
+    ) -> tuple[DataLoader, GlobalBatchSampler]:
+        """This rank's share of each global batch, in an order fixed by ``seed`` and the epoch."""
         world, accum = self.env.world_size, trainer.accum_steps(self.env.world_size)
         # one generator shared by the sampler and the loader (which draws its worker seed from it first)
         g = torch.Generator().manual_seed(seed)
@@ -194,47 +168,49 @@ class Run:
                 f"trainer.batch_size={trainer.batch_size} x {world} processes x {accum} accumulation steps "
                 f"exceeds the {len(train_set)} training images; lower trainer.batch_size or trainer.global_batch"
             )
-        self.train_loader = DataLoader(
+        loader = DataLoader(
             train_set, batch_sampler=sampler, generator=g, num_workers=trainer.num_workers, collate_fn=collate,
             persistent_workers=False, pin_memory=self.device.type == "cuda",
         )  # fmt: skip
-        self.val_loaders = {k: eval_loader(v, trainer.num_workers) for k, v in val_sets.items()}
-        self.model = CornerDetector(backbone, train_set.num_classes, **cast(dict[str, Any], parts)).to(self.device)
-        train_set.with_masks = self.model.uses_masks  # decode the segmentations only for a mask head
-        self.num_parameters = sum(p.numel() for p in self.model.parameters())
-        self.criterion = criterion(train_set.num_classes, self.model.parts)
-        self.predictor = build_predictor(
-            self.model, train_set.num_classes, test, int(getattr(test_transform, "pad_or", 127))
+        return loader, sampler
+
+    def _optimizer(
+        self, optimizer: Callable[..., torch.optim.Optimizer], schedule: ScheduleConfig, steps_per_epoch: int
+    ) -> tuple[torch.optim.Optimizer, LambdaLR]:
+        """The optimizer over the model's parameters and its per-step learning-rate schedule."""
+        opt = optimizer(self.model.parameters())
+        scheduler = warmup_multistep(
+            opt, steps_per_epoch, schedule.milestones, schedule.gamma, schedule.warmup_iters, schedule.warmup_ratio
         )
-        self.postprocess = self.predictor.postprocess
-        self.optimizer = optimizer(self.model.parameters())
-        self.scheduler = warmup_multistep(
-            self.optimizer, sampler.steps_per_epoch, schedule.milestones, schedule.gamma,
-            schedule.warmup_iters, schedule.warmup_ratio,
-        )  # fmt: skip
-        self.trainer = Trainer(
-            self.model, self.criterion, self.optimizer, self.scheduler, self.train_loader, self.predictor,
-            self.val_loaders, trainer, schedule, out_dir, self.device, seed=seed,
-        )  # fmt: skip
-        self.batch = {
-            "world_size": world,
+        return opt, scheduler
+
+    def _batch(self, trainer: TrainerConfig, sampler: GlobalBatchSampler) -> dict[str, Any]:
+        """The batch set-up (tracked as ``batch.*``), logged."""
+        batch: dict[str, Any] = {
+            "world_size": self.env.world_size,
             "batch_per_process": trainer.batch_size,
-            "accum_steps": accum,
+            "accum_steps": sampler.accum_steps,
             "global_batch": sampler.global_batch,
             "lr": self.scheduler.base_lrs[0],
             "precision": trainer.precision,
         }
-        log.info("batch: %s", ", ".join(f"{k} {v}" for k, v in self.batch.items()))
+        log.info("batch: %s", ", ".join(f"{k} {v}" for k, v in batch.items()))
         if sampler.global_batch != PAPER_GLOBAL_BATCH:
             log.info("global batch %d differs from the paper's %d", sampler.global_batch, PAPER_GLOBAL_BATCH)
+        return batch
+
+    def _resume(self) -> TrainState | None:
+        """The state of an interrupted attempt in ``out_dir`` (its checkpoint), or None."""
         ckpt = self.trainer.checkpoint_path
-        self.resume = TrainState.load(ckpt) if checkpoint_exists(ckpt) else None
-        self.resume_run_id: str | None = self.resume.mlflow_run_id if self.resume else None
+        return TrainState.load(ckpt) if checkpoint_exists(ckpt) else None
+
+    def _log_summary(self, num_train: int, val_sets: dict[str, CocoDetection]) -> None:
+        """One line: the data, classes, parameters, device and where the run resumes."""
         log.info(
             "%d train / %s val images, %d classes, %d parameters, device %s%s",
-            len(train_set),
+            num_train,
             {k: len(v) for k, v in val_sets.items()},
-            train_set.num_classes,
+            self.model.num_classes,
             self.num_parameters,
             self.device,
             f", resuming at epoch {self.resume.epoch} micro-batch {self.resume.batch_in_epoch}" if self.resume else "",

@@ -11,8 +11,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from cnet.backbone import HourglassNet
-from cnet.compose import build_detector, compose_config, group_options, instantiate_node, to_dataclass
-from cnet.run import TestConfig
+from cnet.compose import build_detector, build_model, compose_config, group_options, instantiate_node, to_dataclass
+from cnet.model import TestConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -64,6 +64,23 @@ def test_default_config_infers_like_the_paper():
         "cnet.matching.centripetal.Centripetal",
         "cnet.adaption.cross_star.CrossStar",
     )  # the paper's full model (#14): centripetal shift with the cross-star module
+
+
+def test_build_model_seeds_each_component_from_the_seed_alone():
+    """The backbone's and the heads' initial weights depend on ``seed`` only: not on the global RNG
+    before the call, nor (the heads) on which backbone was built first."""
+    cfg = compose_cfg(["adaption=none", "mask_head=centripetal_mask", "seed=3"])
+    first = build_model(cfg, 3)
+    torch.rand(7)  # the global RNG moves on
+    again = build_model(cfg, 3)
+    other = build_model(cfg, 3, backbone=instantiate_node(cfg.backbone))  # initialised from another RNG state
+    a, b, c = (m.model.state_dict() for m in (first, again, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], c[k]) for k in a if not k.startswith("backbone."))
+    assert not all(torch.equal(a[k], c[k]) for k in a if k.startswith("backbone."))
+    assert first.predictor.model is first.model and first.criterion.parts == first.model.parts
+    reseeded = build_model(compose_cfg(["adaption=none", "mask_head=centripetal_mask", "seed=4"]), 3)
+    assert not torch.equal(a["heads.0.tl_heat.0.weight"], reseeded.model.state_dict()["heads.0.tl_heat.0.weight"])
 
 
 @pytest.mark.parametrize("matching", options("matching"))

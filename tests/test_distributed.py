@@ -15,12 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from mlflow.tracking import MlflowClient
 
-from cnet.adaption.none import NoAdaption
-from cnet.backbone import HourglassNet
-from cnet.compose import build_detector, compose_config
+from cnet.compose import build_detector, build_model, compose_config
 from cnet.data import SyntheticData, TestTransform, TrainTransform
-from cnet.matching.centripetal import Centripetal
-from cnet.run import Run, TestConfig, seed_everything
+from cnet.run import Run
 from cnet.schedule import ScheduleConfig
 from cnet.trainer import TrainerConfig, TrainState
 from tests.servers import free_port
@@ -30,18 +27,22 @@ from tests.test_train_cli import FAST, ROOT
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
+# a 1-stack hourglass of 63-px inputs, centripetal matching without adaption
+TINY = [
+    "backbone.stage_channels=[16,16]", "backbone.stage_blocks=[1,1]", "backbone.stem_channels=8",
+    "backbone.feat_channels=16", "adaption=none", "data.test_transform.pad_or=63", "test.corner_topk=20",
+    "test.num_dets=100", "seed=0",
+]  # fmt: skip
+
+
 def make_run(cache: str, out_dir: Path) -> Run:
-    seed_everything(0)
-    backbone = HourglassNet(
-        num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1), stem_channels=8, feat_channels=16
-    )
+    data = SyntheticData(cache, seed=0, num_train=8, num_val=5, num_val_crowd=2, image_size=60)
+    val_sets = {"bbox": data.val_dataset(TestTransform(pad_or=63))}
     return Run(
-        data=SyntheticData(cache, seed=0, num_train=8, num_val=5, num_val_crowd=2, image_size=60),
-        train_transform=TrainTransform(crop_size=63), test_transform=TestTransform(pad_or=63), backbone=backbone,
-        parts={"matching": functools.partial(Centripetal), "adaption": functools.partial(NoAdaption)},
+        data=data, train_transform=TrainTransform(crop_size=63), val_sets=val_sets,
+        model=build_model(compose_config(TINY), val_sets["bbox"].num_classes),
         optimizer=functools.partial(torch.optim.Adam, lr=5e-4), schedule=ScheduleConfig(epochs=1),
-        trainer=TrainerConfig(batch_size=2, progress=False), test=TestConfig(corner_topk=20, num_dets=100),
-        out_dir=out_dir,
+        trainer=TrainerConfig(batch_size=2, progress=False), out_dir=out_dir,
     )  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """The package reads bottom-up: no import cycles, no import from a higher layer, Hydra in one module.
 
 helpers (views among them) <- backbone/matching/adaption/mask_head <- decode/detector <- criterion/postprocess
-<- predictor/evaluator/trainer <- run <- compose <- tools <- train.py. Imports are read from the source
+<- predictor/evaluator/trainer/model <- run <- compose <- tools <- train.py. Imports are read from the source
 (``ast``), so the test sees imports inside functions too.
 """
 
@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, int]] = [
     ("cnet.oracle", 4),
     ("cnet.predictor", 5),
     ("cnet.evaluator", 5),  # the COCO evaluation loop over a predictor (cnet.evaluate: the CLI alias)
+    ("cnet.model", 5),
     ("cnet.trainer", 5),
     ("cnet.tracking", 5),
     ("cnet.run", 6),

@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnet.adaption.cross_star import CrossStar
-from cnet.adaption.none import NoAdaption
-from cnet.backbone import HourglassNet
-from cnet.data import SyntheticData, TestTransform, TrainTransform
-from cnet.matching.centripetal import Centripetal
-from cnet.run import Run, TestConfig, seed_everything
+from cnet.compose import build_model, compose_config
+from cnet.data import CocoDetection, SyntheticData, TestTransform, TrainTransform
+from cnet.errors import DataError
+from cnet.run import Run
 from cnet.schedule import ScheduleConfig, warmup_multistep
 from cnet.trainer import Callback, NonFiniteLossError, Trainer, TrainerConfig, TrainState
 
@@ -28,23 +26,34 @@ def data(tmp_path_factory) -> SyntheticData:
     )
 
 
+# a 2-stack hourglass of 63-px inputs (centripetal matching; the adaption is chosen per test)
+TINY = [
+    "backbone.num_stacks=2", "backbone.stage_channels=[16,16,24]", "backbone.stage_blocks=[1,1,1]",
+    "backbone.stem_channels=8", "backbone.feat_channels=16", "data.test_transform.pad_or=63",
+    "test.flip=true", "test.corner_topk=20", "test.num_dets=100", "seed=0",
+]  # fmt: skip
+
+
 def make_run(
-    data: SyntheticData, out_dir: Path, epochs: int = 2, lr: float = 5e-4, adaption=CrossStar, **trainer
+    data: SyntheticData,
+    out_dir: Path,
+    epochs: int = 2,
+    lr: float = 5e-4,
+    adaption: str = "cross_star",
+    overrides: tuple[str, ...] = (),
+    val: CocoDetection | None = None,
+    **trainer,
 ) -> Run:
-    seed_everything(0)
-    backbone = HourglassNet(
-        num_stacks=2, stage_channels=(16, 16, 24), stage_blocks=(1, 1, 1), stem_channels=8, feat_channels=16
-    )
+    val_sets = {"bbox": val if val is not None else data.val_dataset(TestTransform(pad_or=63))}
+    cfg = compose_config([f"adaption={adaption}", *TINY, *overrides])
     return Run(
         data=data,
         train_transform=TrainTransform(crop_size=63),
-        test_transform=TestTransform(pad_or=63),
-        backbone=backbone,
-        parts={"matching": functools.partial(Centripetal), "adaption": functools.partial(adaption)},
+        val_sets=val_sets,
+        model=build_model(cfg, val_sets["bbox"].num_classes),
         optimizer=functools.partial(torch.optim.Adam, lr=lr),
         schedule=ScheduleConfig(epochs=epochs, milestones=[1], warmup_iters=2),
         trainer=TrainerConfig(**({"batch_size": 4, "progress": False} | trainer)),
-        test=TestConfig(flip=True, corner_topk=20, num_dets=100),
         out_dir=out_dir,
         seed=0,
     )
@@ -92,21 +101,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
 
 def test_batch_larger_than_dataset_is_a_clear_error(data, tmp_path):
     with pytest.raises(ValueError, match=r"trainer\.batch_size"):
-        backbone = HourglassNet(
-            num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1), stem_channels=8, feat_channels=16
-        )
-        Run(
-            data,
-            TrainTransform(crop_size=63),
-            TestTransform(pad_or=63),
-            backbone,
-            {"matching": functools.partial(Centripetal), "adaption": functools.partial(CrossStar)},
-            functools.partial(torch.optim.Adam),
-            ScheduleConfig(1, [1]),
-            TrainerConfig(batch_size=1000),
-            TestConfig(),
-            tmp_path,
-        )
+        make_run(data, tmp_path, epochs=1, batch_size=1000)
+
+
+def test_the_training_split_decodes_masks_only_for_a_mask_head(data, tmp_path):
+    plain = make_run(data, tmp_path / "plain", epochs=1)
+    masked = make_run(data, tmp_path / "mask", epochs=1, overrides=("mask_head=centripetal_mask",))
+    assert [r.train_loader.dataset.with_masks for r in (plain, masked)] == [False, True]
+
+
+def test_training_and_validation_files_must_list_the_same_categories(data, tmp_path):
+    val = data.val_dataset(TestTransform(pad_or=63))
+    val.cat_ids = val.cat_ids[1:]  # as a validation file without the first category
+    with pytest.raises(DataError, match="same categories"):
+        make_run(data, tmp_path, epochs=1, val=val)
 
 
 def weights_equal(a: Run, b: Run) -> bool:
@@ -129,12 +137,12 @@ class PreemptAt(Callback):
 
 @pytest.mark.slow
 def test_mid_epoch_preemption_resumes_at_the_same_step_bit_identical(data, tmp_path):
-    full = make_run(data, tmp_path / "full", adaption=NoAdaption)
+    full = make_run(data, tmp_path / "full", adaption="none")
     full.fit()
-    cut = make_run(data, tmp_path / "cut", adaption=NoAdaption)
+    cut = make_run(data, tmp_path / "cut", adaption="none")
     with pytest.raises(Interrupt):
         cut.fit(callbacks=[PreemptAt(2)])  # 4 steps per epoch: stops inside epoch 0
-    resumed = make_run(data, tmp_path / "cut", adaption=NoAdaption)
+    resumed = make_run(data, tmp_path / "cut", adaption="none")
     assert resumed.resume is not None
     assert (resumed.resume.epoch, resumed.resume.batch_in_epoch, resumed.resume.step) == (0, 2, 2)
     resumed.fit()
@@ -145,7 +153,7 @@ def test_mid_epoch_preemption_resumes_at_the_same_step_bit_identical(data, tmp_p
 @pytest.mark.slow
 def test_accumulation_reaches_the_global_batch_with_the_same_schedule(data, tmp_path):
     """batch 2 x 2 accumulation steps: 4 optimizer steps per epoch (16 images / 4), like batch 4."""
-    run = make_run(data, tmp_path, epochs=1, adaption=NoAdaption, batch_size=2, global_batch=4)
+    run = make_run(data, tmp_path, epochs=1, adaption="none", batch_size=2, global_batch=4)
     assert run.batch == {"world_size": 1, "batch_per_process": 2, "accum_steps": 2, "global_batch": 4,
                          "lr": 5e-4, "precision": "fp32"}  # fmt: skip
     run.fit()
@@ -164,7 +172,7 @@ def test_global_batch_must_be_a_multiple_of_the_process_batch(data, tmp_path):
     ids=["bf16", "channels_last", "compile"],
 )
 def test_mixed_precision_channels_last_and_compile_train_an_epoch(data, tmp_path, option):
-    run = make_run(data, tmp_path, epochs=1, adaption=NoAdaption, **option)
+    run = make_run(data, tmp_path, epochs=1, adaption="none", **option)
     seen: list[dict[str, float]] = []
 
     class Losses(Callback):

@@ -204,11 +204,13 @@ class CocoData:
             if not (path.is_dir() if is_dir else path.is_file()):
                 raise FileNotFoundError(f"{path} not found; set data.root=/path/to/coco (expects {layout} under it)")
 
-    def train_dataset(self, transform: Transform) -> CocoDetection:
-        """Training split; images without any usable box are dropped when ``filter_empty_train``."""
+    def train_dataset(self, transform: Transform, with_masks: bool = False) -> CocoDetection:
+        """Training split; images without any usable box are dropped when ``filter_empty_train``.
+        ``with_masks``: decode the instance masks too (the model has a mask head: ``model.uses_masks``)."""
         return CocoDetection(
-            self.train_images, self.train_ann, transform, self.filter_empty_train, self.seed, for_training=True
-        )
+            self.train_images, self.train_ann, transform, self.filter_empty_train, self.seed,
+            with_masks=with_masks, for_training=True,
+        )  # fmt: skip
 
     def val_dataset(self, transform: Transform, check_images: bool = True) -> CocoDetection:
         """Validation split with every image kept (COCOeval needs them all); ``check_images=False``

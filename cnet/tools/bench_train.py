@@ -33,8 +33,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnet.compose import build_detector, compose_config
-from cnet.criterion import CornerSum
+from cnet.compose import build_model, compose_config
 from cnet.files import write_text_atomic
 from cnet.types import GroundTruth
 
@@ -63,8 +62,8 @@ def _sync(device: torch.device) -> None:
 def train_step_times(overrides: list[str], batch: int, size: int, precision: str, steps: int, warmup: int,
                      device: torch.device, find_unused: bool = False) -> tuple[list[float], Any]:  # fmt: skip
     """Seconds per optimizer step (forward, criterion, backward, Adam) of the composed model."""
-    model = build_detector(compose_config(overrides), 80).to(device).train()
-    criterion = CornerSum(80, model.parts)
+    model, criterion, _ = build_model(compose_config(overrides), 80)
+    model.to(device).train()
     trained: torch.nn.Module = model
     if dist.is_initialized():
         trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from cnet.checkpoint import save_checkpoint
-from cnet.compose import build_detector, compose_config
+from cnet.compose import build_model, compose_config
 from cnet.trainer import TrainState
 
 PROG = "python -m cnet.convert"
@@ -142,7 +142,7 @@ def rename(state: Mapping[str, Tensor], rule: Callable[[str], str]) -> dict[str,
 def model_shapes() -> dict[str, tuple[int, ...]]:
     """Key -> shape of the cnet model of :data:`MODEL_OVERRIDES` (built on the meta device)."""
     with torch.device("meta"):
-        model = build_detector(compose_config(list(MODEL_OVERRIDES)), NUM_CLASSES)
+        model = build_model(compose_config(list(MODEL_OVERRIDES)), NUM_CLASSES).model
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 

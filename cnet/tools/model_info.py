@@ -13,7 +13,7 @@ import json
 
 from torch import nn
 
-from cnet.compose import build_detector, compose_config
+from cnet.compose import build_model, compose_config
 from cnet.detector import CornerDetector
 
 
@@ -32,8 +32,9 @@ def parameter_counts(model: CornerDetector) -> dict[str, int]:
     }
 
 
-def build_model(overrides: list[str], num_classes: int = 80) -> CornerDetector:
-    return build_detector(compose_config(overrides), num_classes)
+def composed_detector(overrides: list[str], num_classes: int = 80) -> CornerDetector:
+    """The detector ``train.py`` would build with ``overrides`` (no dataset: ``num_classes`` given)."""
+    return build_model(compose_config(overrides), num_classes).model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    counts = parameter_counts(build_model(args.overrides, args.num_classes))
+    counts = parameter_counts(composed_detector(args.overrides, args.num_classes))
     if args.json:
         print(json.dumps(counts))
         return

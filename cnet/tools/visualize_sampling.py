@@ -25,7 +25,7 @@ from torch import Tensor
 
 from cnet.adaption.sampling import regular_locations, sampling_locations
 from cnet.checkpoint import load_checkpoint
-from cnet.compose import CONFIG_ERRORS, Config, build_detector, instantiate_node, load_config, select
+from cnet.compose import CONFIG_ERRORS, Config, build_model, instantiate_node, load_config, select
 from cnet.errors import ResumeError
 from cnet.ops import local_maxima, topk_cells
 from cnet.types import Corners, Grid, ImageMeta, unpad_points
@@ -75,9 +75,9 @@ def num_classes_of(state: dict[str, Tensor], ckpt: Path) -> int:
     return int(state[keys[0]].shape[0])
 
 
-def build_model(cfg: Config, state: dict[str, Tensor], ckpt: Path) -> torch.nn.Module:
+def load_model(cfg: Config, state: dict[str, Tensor], ckpt: Path) -> torch.nn.Module:
     """CornerDetector from the saved config's backbone/matching/adaption, with the saved weights."""
-    model = build_detector(cfg, num_classes_of(state, ckpt))
+    model = build_model(cfg, num_classes_of(state, ckpt)).model
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -141,7 +141,7 @@ def collect(run_dir: Path, image_path: Path | None, k: int) -> RunSampling:
         ckpt = load_checkpoint(ckpt_path)
         if "model" not in ckpt:
             raise InputError(f"checkpoint {ckpt_path} has no 'model' state")
-        model = build_model(cfg, ckpt["model"], ckpt_path)
+        model = load_model(cfg, ckpt["model"], ckpt_path)
         image, raw, meta = load_input(cfg, image_path)
     except errors as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
