@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from cnet.matching.base import Matching
-from cnet.peaks import topk_peaks
+from cnet.peaks import top_keypoints
 from cnet.types import Corners, Grid
 
 
@@ -53,8 +53,8 @@ def decode_candidates(
 ) -> list[Candidates]:
     """One level's maps (``tl_heat``/``br_heat`` [B, C, H, W] logits, offsets, matching maps) ->
     per image the best ``num_dets`` scored pairs, boxes in input pixels, sorted by score."""
-    tl = Corners(*topk_peaks(level["tl_heat"].sigmoid(), level["tl_off"], corner_topk, kernel))
-    br = Corners(*topk_peaks(level["br_heat"].sigmoid(), level["br_off"], corner_topk, kernel))
+    tl = Corners(*top_keypoints(level["tl_heat"].sigmoid(), level["tl_off"], corner_topk, kernel))
+    br = Corners(*top_keypoints(level["br_heat"].sigmoid(), level["br_off"], corner_topk, kernel))
     scores = matching.pair(level, tl, br, grid)
     return pair_candidates(scores, tl, br, grid, num_dets)
 

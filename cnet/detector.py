@@ -15,10 +15,10 @@ from torch import Tensor, nn
 from cnet.adaption.base import Adaption
 from cnet.corner_pool import CornerPool
 from cnet.decode import ProposalDecoder
-from cnet.heads import CornerFeatures, Part, init_heatmap_bias, kp_layer
 from cnet.mask_head.base import MaskHead
 from cnet.mask_head.none import NoMask
 from cnet.matching.base import Matching
+from cnet.parts import CornerFeatures, Part, init_heatmap_bias, kp_layer
 from cnet.types import Outputs
 
 

@@ -1,7 +1,7 @@
 """Top-k local maxima of a heatmap without suppressing and ranking every cell (the CPU decode's
 hot spot: two 80 x 128 x 128 maps per image; ~2 ms instead of ~30 ms a map on one core).
 
-``peak_topk(heat, k, kernel)`` returns exactly ``local_maxima(heat, kernel).reshape(B, -1).topk(k)``:
+``top_peak_indices(heat, k, kernel)`` returns exactly ``local_maxima(heat, kernel).reshape(B, -1).topk(k)``:
 values, indices *and the order of ties*. Why a shorter row gives the same answer: on the CPU,
 ``torch.topk`` with ``64 k <= n`` (n cells per row) is a heap selection over the row in index
 order. The first k cells fill a heap; a later cell enters it only if its value is strictly greater
@@ -43,7 +43,7 @@ _BLOCK = 64
 _HEAP_RATIO = 64
 
 
-def peak_topk(heat: Tensor, k: int, kernel: int = 3) -> tuple[Tensor, Tensor]:
+def top_peak_indices(heat: Tensor, k: int, kernel: int = 3) -> tuple[Tensor, Tensor]:
     """Top-k of the k x k local maxima of ``heat`` [B, C, H, W] (values >= 0, e.g. sigmoid maps).
 
     Returns ``(scores, idx)``, each [B, K] with K = min(k, C H W), idx flat over (C, H, W): equal
@@ -90,11 +90,11 @@ def peak_topk(heat: Tensor, k: int, kernel: int = 3) -> tuple[Tensor, Tensor]:
     return scores, red_pos.gather(1, red_idx)
 
 
-def topk_peaks(heat: Tensor, off: Tensor, k: int, kernel: int = 3) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def top_keypoints(heat: Tensor, off: Tensor, k: int, kernel: int = 3) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``topk_cells(local_maxima(heat, kernel), off, k)`` bit for bit: the top-k peaks of ``heat``
     [B, C, H, W] (probabilities) refined by ``off`` [B, 2, H, W] -> ``(scores, classes, inds, xs,
     ys)``, each [B, K]."""
-    scores, idx = peak_topk(heat, k, kernel)
+    scores, idx = top_peak_indices(heat, k, kernel)
     return cells_from_flat(scores, idx, heat, off)
 
 

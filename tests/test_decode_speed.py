@@ -3,7 +3,7 @@ it replaced, kept here as a reference:
 
 * ``local_maxima`` (channels-last pooling, ``where``) with CornerNet's
   ``heat * (max_pool2d(heat) == heat)`` (on maps without NaN, which ``where`` suppresses to 0);
-* ``peak_topk`` / ``topk_peaks`` (cnet.peaks: rank only the cells that can reach the top k) with
+* ``top_peak_indices`` / ``top_keypoints`` (cnet.peaks: rank only the cells that can reach the top k) with
   suppressing and ranking every cell, ties in the same order;
 * ``center_region_scores`` (only the same-class corner/centre couples) with the dense
   [B, K, K, Kc] broadcast;
@@ -22,7 +22,7 @@ import cnet.matching.center_heatmap as center_heatmap
 import cnet.peaks as peaks
 from cnet.compose import group_options, option_factory
 from cnet.ops import local_maxima, topk_cells
-from cnet.peaks import peak_topk, topk_peaks
+from cnet.peaks import top_keypoints, top_peak_indices
 from cnet.postprocess import PostProcess
 from cnet.targets import encode_corners
 from cnet.tools.bench import random_outputs
@@ -33,7 +33,7 @@ def reference(heat: Tensor, kernel: int = 3) -> Tensor:
     return heat * (F.max_pool2d(heat, kernel, stride=1, padding=(kernel - 1) // 2) == heat)
 
 
-def reference_topk_peaks(heat: Tensor, off: Tensor, k: int, kernel: int = 3) -> tuple[Tensor, ...]:
+def reference_top_keypoints(heat: Tensor, off: Tensor, k: int, kernel: int = 3) -> tuple[Tensor, ...]:
     """The corner selection before cnet.peaks: suppress every cell, then rank every cell."""
     return topk_cells(local_maxima(heat, kernel), off, k)
 
@@ -97,27 +97,27 @@ def _heat(b: int, c: int, h: int, w: int, kind: str, seed: int) -> Tensor:
         (4, 3, 8, 5, 1, 3),
     ],
 )
-def test_peak_topk_equals_ranking_every_suppressed_cell(b, c, h, w, k, kernel, kind, monkeypatch):
+def test_top_peak_indices_equals_ranking_every_suppressed_cell(b, c, h, w, k, kernel, kind, monkeypatch):
     heat = _heat(b, c, h, w, kind, seed=b * c + h)
     ref = local_maxima(heat, kernel).reshape(b, -1).topk(k)  # NaN: 0, unlike reference()'s NaN * 0
     # the shortcut must answer by itself, without suppressing the whole map
     monkeypatch.setattr(peaks, "local_maxima", lambda *a: pytest.fail("fell back to the full map"))
-    scores, idx = peak_topk(heat, k, kernel)
+    scores, idx = top_peak_indices(heat, k, kernel)
     assert torch.equal(scores, ref.values) and torch.equal(idx, ref.indices)
 
 
 @pytest.mark.parametrize("b,c,h,w,k,kernel", [(2, 3, 8, 8, 10, 3), (1, 1, 40, 40, 5, 3), (2, 6, 16, 16, 100, 5)])
-def test_peak_topk_falls_back_on_small_maps(b, c, h, w, k, kernel):
+def test_top_peak_indices_falls_back_on_small_maps(b, c, h, w, k, kernel):
     heat = _heat(b, c, h, w, "ties", seed=1)
     ref = local_maxima(heat, kernel).reshape(b, -1).topk(min(k, heat[0].numel()))
-    scores, idx = peak_topk(heat, k, kernel)
+    scores, idx = top_peak_indices(heat, k, kernel)
     assert torch.equal(scores, ref.values) and torch.equal(idx, ref.indices)
 
 
-def test_topk_peaks_equals_topk_cells_of_the_suppressed_map():
+def test_top_keypoints_equals_topk_cells_of_the_suppressed_map():
     heat = _heat(2, 20, 40, 40, "ties", seed=3)
     off = torch.rand(2, 2, 40, 40, generator=torch.Generator().manual_seed(4))
-    for a, b in zip(topk_peaks(heat, off, 50), reference_topk_peaks(heat, off, 50)):
+    for a, b in zip(top_keypoints(heat, off, 50), reference_top_keypoints(heat, off, 50)):
         assert torch.equal(a, b)
 
 
@@ -182,8 +182,8 @@ def test_every_matching_decodes_identical_detections(name, case, monkeypatch):
     metas = [ImageMeta(0, outputs.input_size, outputs.input_size)] * b
     pp = PostProcess(matching, corner_topk=100, num_dets=1000, max_per_image=100)
     fast = pp(outputs, metas)
-    monkeypatch.setattr(decode, "topk_peaks", reference_topk_peaks)
-    monkeypatch.setattr(center_heatmap, "topk_peaks", reference_topk_peaks)
+    monkeypatch.setattr(decode, "top_keypoints", reference_top_keypoints)
+    monkeypatch.setattr(center_heatmap, "top_keypoints", reference_top_keypoints)
     monkeypatch.setattr(center_heatmap, "center_region_scores", reference_center_region_scores)
     slow = pp(outputs, metas)
     if case.startswith("busy"):

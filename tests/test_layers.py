@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, int]] = [
     ("cnet.data", 1),
     ("cnet.corner_pool", 1),
     ("cnet.center_pool", 1),
-    ("cnet.heads", 1),
+    ("cnet.parts", 1),
     ("cnet.masks", 1),
     ("cnet.views", 1),  # test-time views: the predictor and the mask head map boxes and masks through them
     ("cnet.backbone", 2),

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from cnet.adaption.deform import DeformImpl, deform_conv3x3
 from cnet.adaption.guided import GuidedDeformation
-from cnet.heads import kp_layer
+from cnet.parts import kp_layer
 from cnet.targets import CornerTargets, cell_to_center_targets
 from cnet.types import Grid
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from cnet.adaption.deform import DeformImpl, deform_conv3x3
 from cnet.adaption.guided import GuidedDeformation
 from cnet.adaption.sampling import KERNEL, kernel_taps, xy_to_offsets
-from cnet.heads import kp_layer
+from cnet.parts import kp_layer
 from cnet.targets import CornerTargets, scatter_at_corners
 from cnet.types import Grid
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from cnet.heads import Part
 from cnet.losses import corner_focal_loss, masked_smooth_l1
+from cnet.parts import Part
 from cnet.targets import encode_corners
 from cnet.types import GroundTruth, Outputs
 

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
-from cnet.heads import CornerFeatures
+from cnet.parts import CornerFeatures
 from cnet.targets import CornerTargets
 from cnet.types import Corners, Grid
 

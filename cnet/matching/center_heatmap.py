@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 
 from cnet.center_pool import CenterPool
-from cnet.heads import CornerFeatures, init_heatmap_bias, kp_layer
 from cnet.losses import corner_focal_loss, masked_smooth_l1
 from cnet.matching.embedding import AssociativeEmbedding, embedding_pairs_ok
 from cnet.ops import heat_to_logit
-from cnet.peaks import topk_peaks
+from cnet.parts import CornerFeatures, init_heatmap_bias, kp_layer
+from cnet.peaks import top_keypoints
 from cnet.targets import CornerTargets, draw_gaussian, gaussian_radius
 from cnet.types import Corners, Grid
 
@@ -63,7 +63,7 @@ def center_keypoints(ct_heat: Tensor, ct_off: Tensor, k: int, kernel: int = 3) -
     sigmoid -> k x k local maxima -> top-k over classes and cells; position = cell + offset
     (output-map units), class = heatmap channel.
     """
-    return Corners(*topk_peaks(ct_heat.sigmoid(), ct_off, k, kernel))
+    return Corners(*top_keypoints(ct_heat.sigmoid(), ct_off, k, kernel))
 
 
 def center_region_scores(

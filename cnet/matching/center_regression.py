@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cnet.heads import CornerFeatures, kp_layer
 from cnet.losses import masked_smooth_l1
 from cnet.matching.centripetal import CentralRegionMatching
 from cnet.ops import cell_xy, gather_at
+from cnet.parts import CornerFeatures, kp_layer
 from cnet.targets import CornerTargets, cell_to_center_targets
 from cnet.types import Corners, Grid
 

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cnet.heads import CornerFeatures, kp_layer
 from cnet.losses import masked_smooth_l1
 from cnet.matching.base import Matching
 from cnet.ops import gather_at
+from cnet.parts import CornerFeatures, kp_layer
 from cnet.targets import CornerTargets, scatter_at_corners
 from cnet.types import Corners, Grid
 

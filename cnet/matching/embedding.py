@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cnet.heads import CornerFeatures, kp_layer
 from cnet.losses import ae_pull_push
 from cnet.matching.base import Matching
 from cnet.ops import gather_at
+from cnet.parts import CornerFeatures, kp_layer
 from cnet.targets import CornerTargets
 from cnet.types import Corners, Grid
 

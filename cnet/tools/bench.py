@@ -33,8 +33,8 @@ from cnet.adaption.deform import deform_conv3x3
 from cnet.compose import group_options, option_factory
 from cnet.criterion import CornerSum
 from cnet.files import write_text_atomic
-from cnet.heads import CornerFeatures
 from cnet.matching.base import Matching
+from cnet.parts import CornerFeatures
 from cnet.postprocess import PostProcess
 from cnet.targets import encode_corners
 from cnet.types import Grid, GroundTruth, ImageMeta, Outputs

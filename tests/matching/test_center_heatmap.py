@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from cnet.heads import CornerFeatures
 from cnet.losses import corner_focal_loss
 from cnet.matching.center_heatmap import (
     CenterHeatmap,
@@ -15,6 +14,7 @@ from cnet.matching.center_heatmap import (
     center_region_scores,
     encode_center_targets,
 )
+from cnet.parts import CornerFeatures
 from cnet.targets import encode_corners
 from cnet.types import Corners, Grid, GroundTruth
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from cnet.heads import CornerFeatures
 from cnet.matching.center_regression import (
     CenterRegression,
     centers_from_offsets,
     encode_center_regression,
 )
 from cnet.ops import gather_at
+from cnet.parts import CornerFeatures
 from cnet.postprocess import PostProcess
 from cnet.targets import encode_corners
 from cnet.types import Corners, Grid, GroundTruth, ImageMeta, Outputs

@@ -12,7 +12,7 @@ from torchvision.ops import box_iou
 
 from cnet.compose import group_options, option_factory
 from cnet.criterion import CornerSum
-from cnet.heads import CornerFeatures
+from cnet.parts import CornerFeatures
 from cnet.postprocess import PostProcess
 from cnet.targets import encode_corners
 from cnet.types import Corners, Grid, GroundTruth, ImageMeta, Outputs

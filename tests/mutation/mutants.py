@@ -256,7 +256,7 @@ MUTANTS: list[Mutant] = [
         ("tests/test_predictor.py",),
     ),
     Mutant(
-        "peak_topk_row_too_short_for_heap_selection",
+        "top_peak_indices_row_too_short_for_heap_selection",
         "postprocess",
         "cnet/peaks.py",
         "width = max(head * hw + int(counts.max()), _HEAP_RATIO * k)",
@@ -264,7 +264,7 @@ MUTANTS: list[Mutant] = [
         ("tests/test_decode_speed.py",),
     ),
     Mutant(
-        "peak_topk_nan_block_hides_its_cells",
+        "top_peak_indices_nan_block_hides_its_cells",
         "postprocess",
         "cnet/peaks.py",
         "sel = (block_max[:, lo // bs - first : hi // bs - first] <= floor).logical_not_()",
