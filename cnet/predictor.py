@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cnet.mask_head.base import MaskHead
 from cnet.mask_head.none import NoMask
 from cnet.postprocess import Candidates, PostProcess
 from cnet.types import Detections, GroundTruth, ImageMeta, Outputs, image_frames
@@ -31,21 +31,7 @@ Oracle = Callable[[Outputs, list[GroundTruth]], Outputs]
 ORACLE_PREFIX = "oracle_"  # metric/results prefix of the matching-only variant
 
 
-class MaskSegmenter(Protocol):
-    """What the predictor needs from a mask head (cnet.mask_head.MaskHead: ``mask_head=none`` gives no masks)."""
-
-    def segment(
-        self,
-        passes: Sequence[ViewPass],
-        input_size: tuple[int, int],
-        detections: Sequence[Detections],
-        metas: Sequence[ImageMeta],
-    ) -> list[list[dict[str, Any]] | None]:
-        """Per image: COCO RLEs of its detections (original pixels), or None without masks."""
-        ...
-
-
-NO_MASKS: MaskSegmenter = NoMask(0, 0)  # the predictor of a detector without a mask head
+NO_MASKS: MaskHead = NoMask(0, 0)  # the predictor of a detector without a mask head
 
 
 class Predictor:
@@ -67,7 +53,7 @@ class Predictor:
         postprocess: PostProcess,
         views: Sequence[View],
         oracle: Oracle | None = None,
-        mask_head: MaskSegmenter = NO_MASKS,
+        mask_head: MaskHead = NO_MASKS,
     ) -> None:
         if not views:
             raise ValueError("Predictor needs at least one test-time view")

@@ -19,6 +19,9 @@ from cnet.targets import CornerTargets
 from cnet.types import Detections, Grid, ImageMeta
 from cnet.views import ViewPass
 
+# per image: the COCO RLEs of its detections, or None (no masks)
+Segmentations = list[list[dict[str, Any]] | None]
+
 
 class Decoder(Protocol):
     """``decoder(level, grid, corner_topk, num_dets)`` -> per image (boxes [D, 4] xyxy input px,
@@ -72,7 +75,7 @@ class MaskHead(nn.Module):
         input_size: tuple[int, int],
         detections: Sequence[Detections],
         metas: Sequence[ImageMeta],
-    ) -> list[list[dict[str, Any]] | None]:
+    ) -> Segmentations:
         """Per image: COCO RLEs (original pixels) of its ``detections`` (boxes in original pixels),
         from the predictor's forward ``passes`` over the plain input of ``input_size``; None for
         every image by default (no masks)."""

@@ -13,14 +13,13 @@ epoch ``start_epoch`` on: before it the detector trains alone and the head gets 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align
 
-from cnet.mask_head.base import Decoder, MaskHead, no_decoder
+from cnet.mask_head.base import Decoder, MaskHead, Segmentations, no_decoder
 from cnet.mask_head.inference import encode_masks, view_mask_probs
 from cnet.masks import crop_masks
 from cnet.targets import CornerTargets
@@ -133,7 +132,7 @@ class CentripetalMask(MaskHead):
         input_size: tuple[int, int],
         detections: Sequence[Detections],
         metas: Sequence[ImageMeta],
-    ) -> list[list[dict[str, Any]] | None]:
+    ) -> Segmentations:
         """Per image: its detections' masks, ``predict_masks`` averaged over the views of ``passes``,
         pasted, thresholded and RLE-encoded (cnet.mask_head.inference)."""
         b = len(metas)

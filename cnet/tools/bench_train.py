@@ -101,16 +101,21 @@ def _cpu_worker(rank: int, world: int, init_file: str, args: dict[str, Any], out
         dist.destroy_process_group()
 
 
+def median_step_s(world: int, spec: dict[str, Any]) -> float:
+    """Median seconds per step of ``world`` spawned CPU processes training ``spec`` (rank 0's times)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "times.json")
+        mp.spawn(_cpu_worker, args=(world, os.path.join(tmp, "init"), spec, out), nprocs=world, join=True)
+        return statistics.median(json.loads(Path(out).read_text()))
+
+
 def bench_cpu_processes(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Training images/s with each of ``--processes`` processes (one thread each; DDP over gloo)."""
     rows = []
     spec = {"overrides": args.overrides, "batch": args.batch, "size": args.size, "steps": args.steps,
             "warmup": args.warmup}  # fmt: skip
     for world in args.processes:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "times.json")
-            mp.spawn(_cpu_worker, args=(world, os.path.join(tmp, "init"), spec, out), nprocs=world, join=True)
-            step_s = statistics.median(json.loads(Path(out).read_text()))
+        step_s = median_step_s(world, spec)
         rows.append({"processes": world, "batch_per_process": args.batch, "step_s": step_s,
                      "images_per_s": world * args.batch / step_s})  # fmt: skip
         print(f"train cpu  {world} process(es): {rows[-1]['images_per_s']:.1f} images/s", flush=True)
@@ -127,15 +132,9 @@ def bench_find_unused(args: argparse.Namespace) -> list[dict[str, Any]]:
     for find_unused in (False, True):
         spec = {"overrides": args.overrides + MASK_ON, "batch": args.batch, "size": args.size,
                 "steps": args.steps, "warmup": args.warmup, "find_unused": find_unused}  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "times.json")
-            mp.spawn(_cpu_worker, args=(2, os.path.join(tmp, "init"), spec, out), nprocs=2, join=True)
-            rows.append(
-                {"find_unused_parameters": find_unused, "step_s": statistics.median(json.loads(Path(out).read_text()))}
-            )
-        print(
-            f"train cpu  2 processes, find_unused_parameters={find_unused}: {rows[-1]['step_s']:.3f} s/step", flush=True
-        )
+        rows.append({"find_unused_parameters": find_unused, "step_s": median_step_s(2, spec)})
+        print(f"train cpu  2 processes, find_unused_parameters={find_unused}: {rows[-1]['step_s']:.3f} s/step",
+              flush=True)  # fmt: skip
     return rows
 
 
