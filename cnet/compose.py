@@ -21,7 +21,7 @@ from hydra.core.utils import JobReturn
 from hydra.errors import HydraException, InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
@@ -79,7 +79,7 @@ def build_model(cfg: DictConfig, num_classes: int, backbone: nn.Module | None = 
     """DETR's triple of ``cfg`` for ``num_classes`` classes: the detector (``cfg.backbone`` and the
     parts of ``PART_GROUPS``; ``backbone`` overrides ``cfg.backbone``), its criterion (``cfg.criterion``,
     called with the classes and ``model.parts``) and its predictor (``cfg.test``, and the test
-    transform's ``pad_or`` for scaled views). Training, ``cnet.test``/``cnet.predict`` and the tools
+    transform's ``pad_logical_or`` for scaled views). Training, ``cnet.test``/``cnet.predict`` and the tools
     all build their model here.
 
     Seeding (the one place that seeds the global RNGs): ``seed_everything(cfg.seed)`` right before the
@@ -97,7 +97,7 @@ def build_model(cfg: DictConfig, num_classes: int, backbone: nn.Module | None = 
     detector = CornerDetector(net, num_classes, **cast(dict[str, Any], build_parts(cfg)))
     criterion = instantiate(cfg.criterion)(num_classes, detector.parts)
     transform = cast(TestTransform, instantiate(cfg.data.test_transform))
-    predictor = build_predictor(detector, num_classes, to_dataclass(TestConfig, cfg.test), transform.pad_or)
+    predictor = build_predictor(detector, num_classes, to_dataclass(TestConfig, cfg.test), transform.pad_logical_or)
     return Model(detector, criterion, predictor)
 
 
@@ -164,11 +164,22 @@ def build_val_sets(
 CONFIG_ERRORS: tuple[type[Exception], ...] = (InstantiationException, OmegaConfBaseException, HydraException)
 
 
+# old dotted key -> new dotted key (same parent): runs saved before a rename still load
+RENAMED_KEYS = {"data.test_transform.pad_or": "data.test_transform.pad_logical_or"}
+
+
 def load_config(path: Path) -> DictConfig:
-    """A saved config (e.g. a run's ``.hydra/config.yaml``)."""
+    """A saved config (e.g. a run's ``.hydra/config.yaml``); keys renamed since it was saved read
+    under their new names (:data:`RENAMED_KEYS`)."""
     cfg = OmegaConf.load(path)
     if not isinstance(cfg, DictConfig):
         raise ValueError(f"{path} holds a list, not a config mapping")
+    for old, new in RENAMED_KEYS.items():
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and leaf in node:
+            with open_dict(node):
+                node[new.rpartition(".")[2]] = node.pop(leaf)
     return cfg
 
 

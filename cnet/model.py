@@ -58,13 +58,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_predictor(model: CornerDetector, num_classes: int, test: TestConfig, pad_or: int = 127) -> Predictor:
-    """The post-processor and test-time views of ``test`` around ``model`` (``pad_or``: the test
+def build_predictor(model: CornerDetector, num_classes: int, test: TestConfig, pad_logical_or: int = 127) -> Predictor:
+    """The post-processor and test-time views of ``test`` around ``model`` (``pad_logical_or``: the test
     transform's padding, which scaled views repeat)."""
     postprocess = PostProcess(
         model.matching, test.corner_topk, test.num_dets, test.max_per_image,
         test.nms_sigma, test.nms_min_score, test.kernel,
     )  # fmt: skip
     oracle = CornerOracle(num_classes) if test.matching_only else None
-    views = test_views(test.flip, test.scales, pad_or)
+    views = test_views(test.flip, test.scales, pad_logical_or)
     return Predictor(model, postprocess, views, oracle, mask_head=model.mask_head)

@@ -1,7 +1,7 @@
 """Test-time views: each maps the plain input batch (``apply``) and its boxes (``apply_boxes``) into
 the view, and maps what the model predicts there back (``invert``, ``invert_masks``).
 
-``test_views(flip, scales, pad_or)`` lists the views of CornerNet/CentripetalNet flip and
+``test_views(flip, scales, pad_logical_or)`` lists the views of CornerNet/CentripetalNet flip and
 multi-scale testing; :class:`cnet.predictor.Predictor` batches the views of one input size into one
 forward pass (a :class:`ViewPass`) and merges their candidates before soft-NMS.
 """
@@ -83,7 +83,7 @@ class HFlip:
 
 class Scale:
     """The plain input (mirrored first with ``flip``) resized by ``scale`` and centre-padded to
-    ``h | pad_or, w | pad_or`` as the test transform pads (zeros: the mean pixel after
+    ``h | pad_logical_or, w | pad_logical_or`` as the test transform pads (zeros: the mean pixel after
     normalization). ``invert`` removes that padding and divides by the realised per-axis ratio
     (``int(H * scale) / H``), so boxes come back in the plain input's pixels.
 
@@ -91,10 +91,10 @@ class Scale:
     differ only in the one-pixel bilinear blend at the image's edge with the mean padding.
     """
 
-    def __init__(self, scale: float, pad_or: int = 127, flip: bool = False) -> None:
+    def __init__(self, scale: float, pad_logical_or: int = 127, flip: bool = False) -> None:
         if scale <= 0:
             raise ValueError(f"test.scales: scale {scale} must be > 0")
-        self.scale, self.pad_or, self.flip = float(scale), int(pad_or), flip
+        self.scale, self.pad_logical_or, self.flip = float(scale), int(pad_logical_or), flip
 
     def _resized(self, input_size: tuple[int, int]) -> tuple[int, int]:
         h, w = input_size
@@ -102,7 +102,7 @@ class Scale:
 
     def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
         rh, rw = self._resized(input_size)
-        return rh | self.pad_or, rw | self.pad_or
+        return rh | self.pad_logical_or, rw | self.pad_logical_or
 
     def _geometry(self, input_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """(offset [4], ratio [4]) so that view xyxy = plain xyxy * ratio + offset."""
@@ -143,11 +143,11 @@ class Scale:
 CORNERNET_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 
 
-def test_views(flip: bool, scales: Sequence[float] = (1.0,), pad_or: int = 127) -> list[View]:
+def test_views(flip: bool, scales: Sequence[float] = (1.0,), pad_logical_or: int = 127) -> list[View]:
     """The test-time views: per scale the image, plus its mirror with ``flip``.
 
     Scale 1 is the plain input itself (:class:`Identity`, :class:`HFlip`), so ``scales=[1]`` is
-    single-scale testing exactly; other scales are :class:`Scale` views (``pad_or``: the test
+    single-scale testing exactly; other scales are :class:`Scale` views (``pad_logical_or``: the test
     transform's padding).
     """
     views: list[View] = []
@@ -155,7 +155,9 @@ def test_views(flip: bool, scales: Sequence[float] = (1.0,), pad_or: int = 127) 
         if float(s) == 1.0:
             views += [Identity(), HFlip()] if flip else [Identity()]
         else:
-            views += [Scale(s, pad_or), Scale(s, pad_or, flip=True)] if flip else [Scale(s, pad_or)]
+            views += (
+                [Scale(s, pad_logical_or), Scale(s, pad_logical_or, flip=True)] if flip else [Scale(s, pad_logical_or)]
+            )
     if not views:
         raise ValueError("test.scales is empty: give at least one scale, e.g. test.scales=[1]")
     return views

@@ -11,7 +11,15 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from cnet.backbone import HourglassNet
-from cnet.compose import build_detector, build_model, compose_config, group_options, instantiate_node, to_dataclass
+from cnet.compose import (
+    build_detector,
+    build_model,
+    compose_config,
+    group_options,
+    instantiate_node,
+    load_config,
+    to_dataclass,
+)
 from cnet.model import TestConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -138,3 +146,13 @@ def test_a_saved_config_from_before_a_part_group_existed_builds_with_its_default
     model = build_detector(cfg, 3, HourglassNet(num_stacks=1, stage_channels=(16, 16), stage_blocks=(1, 1),
                                                 stem_channels=8, feat_channels=16))  # fmt: skip
     assert model.mask_head is None or not model.uses_masks
+
+
+def test_a_saved_config_with_a_renamed_key_loads_under_the_new_name(tmp_path):
+    old = OmegaConf.to_container(compose_cfg([]), resolve=False)
+    del old["data"]["test_transform"]["pad_logical_or"]  # type: ignore[index]
+    old["data"]["test_transform"]["pad_or"] = 63  # type: ignore[index]  # the key's name before the rename
+    OmegaConf.save(OmegaConf.create(old), tmp_path / "config.yaml")
+    cfg = load_config(tmp_path / "config.yaml")
+    assert "pad_or" not in cfg.data.test_transform
+    assert instantiate_node(cfg.data.test_transform).pad_logical_or == 63

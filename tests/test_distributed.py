@@ -30,14 +30,14 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 # a 1-stack hourglass of 63-px inputs, centripetal matching without adaption
 TINY = [
     "backbone.stage_channels=[16,16]", "backbone.stage_blocks=[1,1]", "backbone.stem_channels=8",
-    "backbone.feat_channels=16", "adaption=none", "data.test_transform.pad_or=63", "test.corner_topk=20",
+    "backbone.feat_channels=16", "adaption=none", "data.test_transform.pad_logical_or=63", "test.corner_topk=20",
     "test.num_dets=100", "seed=0",
 ]  # fmt: skip
 
 
 def make_run(cache: str, out_dir: Path) -> Run:
     data = SyntheticData(cache, seed=0, num_train=8, num_val=5, num_val_crowd=2, image_size=60)
-    val_sets = {"bbox": data.val_dataset(TestTransform(pad_or=63))}
+    val_sets = {"bbox": data.val_dataset(TestTransform(pad_logical_or=63))}
     return Run(
         data=data, train_transform=TrainTransform(crop_size=63), val_sets=val_sets,
         model=build_model(compose_config(TINY), val_sets["bbox"].num_classes),

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(num_train=16, num_val=4, num_val_crowd=2, image_size=60)
 FAST = [f"data.source.{k}={v}" for k, v in SMALL.items()] + [
     "data.train_transform.crop_size=63",
-    "data.test_transform.pad_or=63",
+    "data.test_transform.pad_logical_or=63",
     "schedule.epochs=1",
     "schedule.warmup_iters=2",
     "trainer.batch_size=4",

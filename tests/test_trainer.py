@@ -29,7 +29,7 @@ def data(tmp_path_factory) -> SyntheticData:
 # a 2-stack hourglass of 63-px inputs (centripetal matching; the adaption is chosen per test)
 TINY = [
     "backbone.num_stacks=2", "backbone.stage_channels=[16,16,24]", "backbone.stage_blocks=[1,1,1]",
-    "backbone.stem_channels=8", "backbone.feat_channels=16", "data.test_transform.pad_or=63",
+    "backbone.stem_channels=8", "backbone.feat_channels=16", "data.test_transform.pad_logical_or=63",
     "test.flip=true", "test.corner_topk=20", "test.num_dets=100", "seed=0",
 ]  # fmt: skip
 
@@ -44,7 +44,7 @@ def make_run(
     val: CocoDetection | None = None,
     **trainer,
 ) -> Run:
-    val_sets = {"bbox": val if val is not None else data.val_dataset(TestTransform(pad_or=63))}
+    val_sets = {"bbox": val if val is not None else data.val_dataset(TestTransform(pad_logical_or=63))}
     cfg = compose_config([f"adaption={adaption}", *TINY, *overrides])
     return Run(
         data=data,
@@ -111,7 +111,7 @@ def test_the_training_split_decodes_masks_only_for_a_mask_head(data, tmp_path):
 
 
 def test_training_and_validation_files_must_list_the_same_categories(data, tmp_path):
-    val = data.val_dataset(TestTransform(pad_or=63))
+    val = data.val_dataset(TestTransform(pad_logical_or=63))
     val.cat_ids = val.cat_ids[1:]  # as a validation file without the first category
     with pytest.raises(DataError, match="same categories"):
         make_run(data, tmp_path, epochs=1, val=val)

@@ -241,17 +241,21 @@ class TrainTransform:
 
 
 class TestTransform:
-    """Test-time transform: keep the resolution, centre-pad to ``(h | pad_or, w | pad_or)``.
+    """Test-time transform: keep the resolution, centre-pad to ``(h | pad_logical_or, w | pad_logical_or)``.
 
-    The padding is filled with the mean pixel (0 after normalization). Output: image
-    [3, h | pad_or, w | pad_or] float32, boxes shifted by the border, and ImageMeta with
-    ``border = (top, left)`` of the image inside the input and ``scale = 1.0``.
+    ``pad_logical_or`` is mmdetection's ``test_pad_mode=['logical_or', 127]``: each side grows to the
+    next ``k * 128 - 1`` (the hourglass halves it 7 times). The padding is filled with the mean pixel
+    (0 after normalization). Output: image [3, h | pad_logical_or, w | pad_logical_or] float32, boxes
+    shifted by the border, and ImageMeta with ``border = (top, left)`` of the image inside the input
+    and ``scale = 1.0``.
     """
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, pad_or: int = 127, mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STD_RGB) -> None:
-        self.pad_or = int(pad_or)
+    def __init__(
+        self, pad_logical_or: int = 127, mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STD_RGB
+    ) -> None:
+        self.pad_logical_or = int(pad_logical_or)
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
 
@@ -266,7 +270,7 @@ class TestTransform:
         """Pad one image (and its ``masks`` [N, H, W] bool, if given); ``rng`` is accepted for a uniform
         call signature and unused."""
         h, w = image.shape[:2]
-        in_h, in_w = h | self.pad_or, w | self.pad_or
+        in_h, in_w = h | self.pad_logical_or, w | self.pad_logical_or
         top, left = in_h // 2 - h // 2, in_w // 2 - w // 2  # mmdet: image centre at the input centre
         out = torch.zeros(3, in_h, in_w)
         out[:, top : top + h, left : left + w] = _normalize(image, self.mean, self.std)

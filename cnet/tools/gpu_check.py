@@ -84,8 +84,8 @@ def make_plan(tiny: bool, nproc: int | None, steps: int | None, mask_steps: int 
                               "63", "--batch", "2", "--steps", "2", "--warmup", "1", "--test-h", "63", "--test-w",
                               "127"],
             model=["backbone=tiny", "device=cpu", "trainer.batch_size=2", "trainer.num_workers=0",
-                   "data.source.image_size=60", "data.train_transform.crop_size=63", "data.test_transform.pad_or=63",
-                   "test.corner_topk=20"],
+                   "data.source.image_size=60", "data.train_transform.crop_size=63",
+                   "data.test_transform.pad_logical_or=63", "test.corner_topk=20"],
         )  # fmt: skip
     # the images are generated at 256 px (cheap), the training crop is COCO's 511 (what the GPU computes)
     return Plan(

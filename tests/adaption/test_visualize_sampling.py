@@ -22,7 +22,7 @@ SMALL = [
     "data.source.num_val=2",
     "data.source.num_val_crowd=1",
     "data.source.image_size=60",
-    "data.test_transform.pad_or=63",
+    "data.test_transform.pad_logical_or=63",
 ]
 
 
