@@ -18,10 +18,26 @@ ROOT = Path(__file__).resolve().parents[1]
 COCO_TINY = ROOT.parent / "shared" / "data" / "coco_tiny"
 
 
+# under pytest-xdist (`make test` runs 2 workers on 2 cores) each worker computes on one thread
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield
+
+
+# session-wide services: the tests sharing one run on one xdist worker (`--dist loadgroup`), so a
+# session starts one SLURM cluster and one tracking server, not one per worker
+SHARED_SERVICES = ("slurm_cluster", "mlflow_postgres")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for service in SHARED_SERVICES:
+            if service in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(service))
 
 
 @pytest.fixture(scope="session")
