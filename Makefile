@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 MLFLOW_URI ?= sqlite:///mlflow.db
+# pytest-xdist workers: one per core (each computes on one torch thread); WORKERS=0 runs in one process
+WORKERS ?= 2
 
 .PHONY: install demo test test-fast lint coverage mutants bench gpu-check ui clean
 
@@ -20,8 +22,11 @@ demo: $(STAMP)
 	$(PY) train.py
 	$(PY) -m cnet.tools.report table5 --experiment cnet --out-dir outputs/report
 
+# the fast suite on WORKERS processes, then the slow end-to-end tests one at a time (they start their
+# own multi-process jobs, a SLURM cluster and a tracking server)
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow" -n $(WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -m slow
 
 # ruff (lint + format check) and mypy over the package, tests and train.py
 lint: $(STAMP)
@@ -35,7 +40,7 @@ coverage: $(STAMP)
 	$(PY) -m coverage report --sort=cover
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(WORKERS) --dist loadgroup
 
 # plants each curated mutation (tests/mutation/mutants.py) in a temporary copy and runs the fast
 # suite against it; fails if any survives. 8-13 minutes on 2 shared CPU cores; not part of `make test`.
