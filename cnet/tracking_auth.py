@@ -77,10 +77,10 @@ def explain_refusal(exc: BaseException, uri: str, action: str) -> TrackingAuthEr
             f"MLflow server {uri} lets in its users only and no login is set (401 to {action}); {_ENV_HINT} "
             "for an account the server's admin created"
         )
-    missing = "" if has_password else f", and no password is set ({MLFLOW_TRACKING_PASSWORD.name})"
+    why = "wrong user name or password" if has_password else f"no password is set ({MLFLOW_TRACKING_PASSWORD.name})"
     return TrackingAuthError(
-        f"MLflow server {uri} refused user {user!r} from {where} (401 to {action}: wrong user name or password"
-        f"{missing}); {_ENV_HINT} for an account of that server, or ask its admin to reset the password"
+        f"MLflow server {uri} refused user {user!r} from {where} (401 to {action}: {why}); {_ENV_HINT} "
+        "for an account of that server, or ask its admin to reset the password"
     )
 
 

@@ -141,8 +141,9 @@ class MlflowServer:
     Only the values of ``--host``, ``--port``, ``--backend-store-uri`` and ``--artifacts-destination``
     are replaced; every flag is the README's. With the README's ``--app-name basic-auth``, the
     server reads the README's ``basic_auth.ini`` (written to ``folder``, mode 600) with its
-    ``database_uri`` replaced by ``auth_backend``, and its admin gets a fresh random password
-    (``MLFLOW_AUTH_ADMIN_PASSWORD`` in the server's environment, as the README does); :meth:`add_user`
+    ``database_uri`` replaced by ``auth_backend``; its admin password and its Flask secret key are
+    fresh random ones (``MLFLOW_AUTH_ADMIN_PASSWORD``, ``MLFLOW_FLASK_SERVER_SECRET_KEY`` in the
+    server's environment, as the README sets them); :meth:`add_user`
     creates the accounts jobs log in with. ``stop()`` then ``start()`` restarts it on the same port.
     """
 
@@ -163,6 +164,7 @@ class MlflowServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ)
         self.admin: tuple[str, str] | None = None  # (username, password) of the server's admin
+        self.users: dict[str, str] = {}  # the accounts add_user created: name -> password
         app = argv[argv.index("--app-name") + 1] if "--app-name" in argv else None
         if app == "basic-auth":
             if auth_backend is None:
@@ -174,7 +176,11 @@ class MlflowServer:
             self.admin = (admin.group(1).strip(), secrets.token_urlsafe(18))
             self.auth_config = self.folder / "basic_auth.ini"
             self._ini = ini
-            self.env |= {"MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config), "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin[1]}
+            self.env |= {
+                "MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config),
+                "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin[1],
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),  # signs the UI's CSRF tokens
+            }
         # the server must not log in as anyone: its own environment holds no client credentials
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
             self.env.pop(key, None)
@@ -187,6 +193,7 @@ class MlflowServer:
         creds = MlflowHostCreds(self.url, username=self.admin[0], password=self.admin[1])
         resp = http_request(creds, CREATE_USER, "POST", json={"username": username, "password": password})
         verify_rest_response(resp, CREATE_USER)
+        self.users[username] = password
         return password
 
     @property
