@@ -28,9 +28,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from mlflow.server.auth.routes import CREATE_USER
-from mlflow.utils.rest_utils import MlflowHostCreds, http_request, verify_rest_response
-
 ROOT = Path(__file__).resolve().parents[1]
 MLFLOW = Path(sys.executable).with_name("mlflow")
 INSTALL_HINT = "apt-get install postgresql; pip install 'psycopg[binary]'"
@@ -187,6 +184,9 @@ class MlflowServer:
 
     def add_user(self, username: str) -> str:
         """Create account ``username`` (as the admin, through MLflow's auth REST API); its new random password."""
+        from mlflow.server.auth.routes import CREATE_USER  # the server's modules: only where needed
+        from mlflow.utils.rest_utils import MlflowHostCreds, http_request, verify_rest_response
+
         if self.admin is None:
             raise AssertionError("this server has no users (the README's command has no --app-name basic-auth)")
         password = secrets.token_urlsafe(18)
