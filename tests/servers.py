@@ -162,6 +162,8 @@ class MlflowServer:
         self.env = dict(os.environ)
         self.admin: tuple[str, str] | None = None  # (username, password) of the server's admin
         self.users: dict[str, str] = {}  # the accounts add_user created: name -> password
+        self.auth_config = self.folder / "basic_auth.ini"  # written by start() when the server has users
+        self.auth_ini = ""  # its text
         app = argv[argv.index("--app-name") + 1] if "--app-name" in argv else None
         if app == "basic-auth":
             if auth_backend is None:
@@ -171,14 +173,13 @@ class MlflowServer:
             if admin is None:
                 raise AssertionError("README's basic_auth.ini names no admin_username")
             self.admin = (admin.group(1).strip(), secrets.token_urlsafe(18))
-            self.auth_config = self.folder / "basic_auth.ini"
-            self._ini = ini
+            self.auth_ini = ini
             self.env |= {
                 "MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config),
                 "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin[1],
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),  # signs the UI's CSRF tokens
             }
-        # the server must not log in as anyone: its own environment holds no client credentials
+        # a client's login (the fixture sets one for the jobs) has no place in the server's environment
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
             self.env.pop(key, None)
 
@@ -210,7 +211,7 @@ class MlflowServer:
     def start(self) -> MlflowServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.admin is not None:
-            write_secret(self.auth_config, self._ini)
+            write_secret(self.auth_config, self.auth_ini)
         with open(self.folder / "server.log", "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv, cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
