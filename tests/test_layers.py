@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, int]] = [
     ("cnet.trainer", 5),
     ("cnet.tracking", 5),
     ("cnet.run", 6),
+    ("cnet.job", 6),  # one job around its Run: DDP set-up, tracking, job status
     ("cnet.compose", 7),
     ("cnet.tools", 8),
     ("cnet.test", 8),  # `python -m cnet.<tool>` aliases of cnet.tools.<tool>
