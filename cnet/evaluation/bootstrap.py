@@ -29,12 +29,14 @@ copies may differ from it there (not at weight 1, and not without ties).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from pycocotools.cocoeval import COCOeval
+from scipy import sparse
 
 # the figures of COCOeval.stats[0:6] that the bootstrap gives: name -> (area label, IoU threshold or None)
 AP_FIGURES: dict[str, tuple[str, float | None]] = {
@@ -46,39 +48,80 @@ AP_FIGURES: dict[str, tuple[str, float | None]] = {
     "APL": ("large", None),
 }
 EPS = np.spacing(1)  # COCOeval's guard in precision = tp / (tp + fp + eps)
-CHUNK_ELEMENTS = 1 << 21  # resamples x detections of one category per pass (16 MiB of float64)
+CHUNK_ELEMENTS = 1 << 22  # points x resamples per array (32 MiB of float64): resamples are chunked to fit
+
+
+@dataclass(frozen=True)
+class _Prefix:
+    """The cumulative weight of an ordered list of detections, read after given numbers of them.
+
+    ``segments`` [m, I] (sparse): per stretch of the list between two consecutive read-outs, how
+    many of its detections each image has; ``rows`` [q]: per read-out, the stretch it ends (0: none).
+    """
+
+    segments: sparse.csr_matrix | None
+    rows: np.ndarray
+
+    @classmethod
+    def of(cls, images: np.ndarray, counts: np.ndarray, n_img: int) -> _Prefix:
+        """Read-outs after ``counts`` [q] of the detections whose images are ``images`` (in order)."""
+        ends = np.unique(counts[counts > 0])
+        rows = np.where(counts > 0, np.searchsorted(ends, counts) + 1, 0)
+        if not len(ends):
+            return cls(None, rows)
+        stretch = np.searchsorted(ends, np.arange(ends[-1]), side="right")  # [ends[-1]] per detection
+        ones = np.ones(len(stretch))
+        return cls(sparse.csr_matrix((ones, (stretch, images[: ends[-1]])), shape=(len(ends), n_img)), rows)
+
+    def table(self, by_image: np.ndarray) -> np.ndarray:
+        """[m + 1, r]: 0, then the cumulative weight at the end of each stretch, for the image
+        weights ``by_image`` [I, r]."""
+        out = np.zeros((1 + (0 if self.segments is None else self.segments.shape[0]), by_image.shape[1]))
+        if self.segments is not None:
+            out[1:] = self.segments @ by_image
+            _running(np.add, out)
+        return out
+
+    def at(self, by_image: np.ndarray) -> np.ndarray:
+        """[q, r]: the read-outs for the image weights ``by_image`` [I, r]."""
+        return self.table(by_image)[self.rows]
+
+
+def _running(op: np.ufunc, x: np.ndarray, reverse: bool = False) -> None:
+    """``op``-accumulate ``x`` [n, r] down axis 0 in place (bottom-up with ``reverse``). Row by row:
+    each step is one vector operation over the resamples (numpy's accumulate along axis 0 is
+    several times slower)."""
+    steps = range(len(x) - 2, -1, -1) if reverse else range(1, len(x))
+    prev = 1 if reverse else -1
+    for i in steps:
+        op(x[i], x[i + prev], out=x[i])
 
 
 @dataclass(frozen=True)
 class _Threshold:
-    """One (area range, IoU threshold) of one category; positions index the category's score order.
+    """One (category, area range, IoU threshold).
 
-    ``tp``: [n] positions of the true positives (matched to a counted ground truth, counted).
-    ``in_before``: [n] how many detections inside the area range are at or before each of them.
-    ``minus`` / ``plus``: positions of in-range detections *not* counted (matched to a crowd or an
-    out-of-range object) and of out-of-range ones that *are* (matched to a counted object);
-    ``minus_before`` / ``plus_before`` [n]: how many of each are at or before each true positive.
+    ``tp_images`` [n]: the image of each true positive (matched to a counted ground truth,
+    counted), in score order. ``minus`` / ``plus``: at each true positive, the in-range
+    detections so far that are *not* counted (matched to a crowd or an out-of-range object) and
+    the out-of-range ones that *are* (matched to a counted object); with ``in_rows`` (which
+    read-out of the area's in-range prefix each true positive takes) they give the counted
+    detections so far: in-range - minus + plus.
     """
 
-    tp: np.ndarray
-    in_before: np.ndarray
-    minus: np.ndarray
-    minus_before: np.ndarray
-    plus: np.ndarray
-    plus_before: np.ndarray
+    tp_images: np.ndarray
+    in_rows: np.ndarray
+    minus: _Prefix
+    plus: _Prefix
 
 
 @dataclass(frozen=True)
-class _Category:
-    """One category's detections over all images, in COCOeval.accumulate's order.
+class _Area:
+    """One (category, area range): the prefix of its in-range detections at every read-out any of
+    its IoU thresholds needs, and the thresholds."""
 
-    ``image``: [D] the image (column of the weights) of each detection. ``in_range``: per area range,
-    the positions of the detections inside it. ``thresholds``: [A][T] per area range and IoU threshold.
-    """
-
-    image: np.ndarray
-    in_range: list[np.ndarray]
-    thresholds: list[list[_Threshold]]
+    inside: _Prefix
+    thresholds: list[_Threshold]
 
 
 @dataclass(frozen=True)
@@ -87,24 +130,50 @@ class ImageMatches:
 
     ``image_ids``: [I] the evaluation images (the columns of a weight matrix), COCOeval's order.
     ``gt_counts``: [K, A, I] counted (not ignored) ground truths per category, area range and image.
-    ``area_labels``: COCOeval's area range labels; ``iou_thrs`` [T] and ``rec_thrs`` [101] its thresholds.
+    ``areas``: [K][A] each category's area ranges. ``area_labels``: COCOeval's labels of the area
+    ranges; ``iou_thrs`` [T] and ``rec_thrs`` [101] its thresholds.
     """
 
     image_ids: np.ndarray
     gt_counts: np.ndarray
-    categories: list[_Category]
+    areas: list[list[_Area]]
     area_labels: tuple[str, ...]
     iou_thrs: np.ndarray
     rec_thrs: np.ndarray
 
+    def max_points(self) -> int:
+        """The most points (true positives) of one (category, area range, IoU threshold)."""
+        return max((len(th.tp_images) for areas in self.areas for a in areas for th in a.thresholds), default=0)
 
-def _positions(mask: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(mask)
+
+def _area(image: np.ndarray, matched: np.ndarray, counted: np.ndarray, inside: np.ndarray, n_img: int) -> _Area:
+    """One area range of a category from its detections in score order: ``image`` [D], and
+    ``matched`` / ``counted`` [T, D] and ``inside`` [D] (the detection's area is in the range)."""
+    in_pos = np.flatnonzero(inside)
+    rows, parts = [], []
+    for t in range(len(matched)):
+        tp = np.flatnonzero(matched[t] & counted[t])
+        minus = np.flatnonzero(inside & ~counted[t])  # counted = inside - minus + plus, exactly
+        plus = np.flatnonzero(~inside & counted[t])
+        rows.append(np.searchsorted(in_pos, tp, side="right"))  # in-range detections up to each tp
+        parts.append(
+            (
+                image[tp],
+                _Prefix.of(image[minus], np.searchsorted(minus, tp, side="right"), n_img),
+                _Prefix.of(image[plus], np.searchsorted(plus, tp, side="right"), n_img),
+            )
+        )
+    # one in-range prefix for all thresholds: read after the counts any of them needs
+    inside_prefix = _Prefix.of(image[in_pos], np.concatenate(rows) if rows else np.zeros(0, np.int64), n_img)
+    splits = np.cumsum([len(r) for r in rows])[:-1]
+    in_rows = np.split(inside_prefix.rows, splits) if rows else []
+    thresholds = [_Threshold(tp, r, minus, plus) for (tp, minus, plus), r in zip(parts, in_rows)]
+    return _Area(dataclasses.replace(inside_prefix, rows=np.zeros(0, np.int64)), thresholds)
 
 
-def _category(evaluator: COCOeval, k: int, max_det: int) -> tuple[_Category, np.ndarray]:
-    """Category ``k``'s detections and matches from ``evaluator.evalImgs``; also its counted
-    ground truths per area range and image, [A, I]."""
+def _category(evaluator: COCOeval, k: int, max_det: int) -> tuple[list[_Area], np.ndarray]:
+    """Category ``k``'s area ranges from ``evaluator.evalImgs``, and its counted ground truths per
+    area range and image, [A, I]."""
     p = evaluator.params
     n_img, n_area, n_iou = len(p.imgIds), len(p.areaRng), len(p.iouThrs)
     base = k * n_area * n_img  # evalImgs: category-major, then area range, then image
@@ -112,43 +181,21 @@ def _category(evaluator: COCOeval, k: int, max_det: int) -> tuple[_Category, np.
     gt_counts = np.zeros((n_area, n_img))
     first = [evaluator.evalImgs[base + i] for i in present]
     per_image = [len(e["dtScores"][:max_det]) for e in first]
-    if not sum(per_image):
-        for a in range(n_area):
-            for i in present:
-                gt_counts[a, i] = np.count_nonzero(evaluator.evalImgs[base + a * n_img + i]["gtIgnore"] == 0)
-        empty = _Threshold(*[np.zeros(0, dtype=np.int64)] * 6)
-        return _Category(np.zeros(0, dtype=np.int64), [empty.tp] * n_area, [[empty] * n_iou] * n_area), gt_counts
-    scores = np.concatenate([e["dtScores"][:max_det] for e in first])
+    scores = np.concatenate([np.asarray(e["dtScores"][:max_det], dtype=np.float64) for e in first] or [np.zeros(0)])
     order = np.argsort(-scores, kind="mergesort")  # COCOeval's sort (stable: ties stay in image order)
     image = np.repeat(np.asarray(present, dtype=np.int64), per_image)[order]
-    dt_ids = np.concatenate([e["dtIds"][:max_det] for e in first])[order]
-    areas = np.array([evaluator.cocoDt.anns[d]["area"] for d in dt_ids], dtype=np.float64)
-    in_ranges, thresholds = [], []
+    dt_ids = np.concatenate([np.asarray(e["dtIds"][:max_det], dtype=np.int64) for e in first] or [np.zeros(0)])
+    areas = np.array([evaluator.cocoDt.anns[d]["area"] for d in dt_ids[order]], dtype=np.float64)
+    out = []
     for a, (lo, hi) in enumerate(p.areaRng):
         entries = [evaluator.evalImgs[base + a * n_img + i] for i in present]
         gt_counts[a, present] = [np.count_nonzero(e["gtIgnore"] == 0) for e in entries]
-        matched = np.concatenate([e["dtMatches"][:, :max_det] for e in entries], axis=1)[:, order] != 0  # [T, D]
-        counted = ~np.concatenate([e["dtIgnore"][:, :max_det] for e in entries], axis=1)[:, order].astype(bool)
+        empty = [np.zeros((n_iou, 0))]
+        matched = np.concatenate([e["dtMatches"][:, :max_det] for e in entries] or empty, axis=1)[:, order] != 0
+        ignored = np.concatenate([e["dtIgnore"][:, :max_det] for e in entries] or empty, axis=1)[:, order]
         inside = ~((areas < lo) | (areas > hi))  # evaluateImg's test for unmatched detections
-        in_pos = _positions(inside)
-        in_ranges.append(in_pos)
-        row = []
-        for t in range(n_iou):
-            tp = _positions(matched[t] & counted[t])
-            minus = _positions(inside & ~counted[t])  # counted = inside - minus + plus, exactly
-            plus = _positions(~inside & counted[t])
-            row.append(
-                _Threshold(
-                    tp,
-                    np.searchsorted(in_pos, tp, side="right"),
-                    minus,
-                    np.searchsorted(minus, tp, side="right"),
-                    plus,
-                    np.searchsorted(plus, tp, side="right"),
-                )
-            )
-        thresholds.append(row)
-    return _Category(image, in_ranges, thresholds), gt_counts
+        out.append(_area(image, matched, ~ignored.astype(bool), inside, n_img))
+    return out, gt_counts
 
 
 def image_matches(evaluator: COCOeval) -> ImageMatches:
@@ -159,61 +206,63 @@ def image_matches(evaluator: COCOeval) -> ImageMatches:
         raise ValueError("image_matches needs an evaluated COCOeval: call evaluate() first")
     if not p.useCats or len(p.maxDets) < 3:
         raise ValueError("image_matches needs COCOeval's per-category evaluation with maxDets [1, 10, 100]")
-    n_cat = len(p.catIds)
-    cats, counts = zip(*[_category(evaluator, k, p.maxDets[2]) for k in range(n_cat)]) if n_cat else ((), ())
     n_img, n_area = len(p.imgIds), len(p.areaRng)
+    cats = [_category(evaluator, k, p.maxDets[2]) for k in range(len(p.catIds))]
     return ImageMatches(
         image_ids=np.asarray(p.imgIds),
-        gt_counts=np.stack(counts) if n_cat else np.zeros((0, n_area, n_img)),
-        categories=list(cats),
+        gt_counts=np.stack([c for _, c in cats]) if cats else np.zeros((0, n_area, n_img)),
+        areas=[a for a, _ in cats],
         area_labels=tuple(p.areaRngLbl),
         iou_thrs=np.asarray(p.iouThrs, dtype=np.float64),
         rec_thrs=np.asarray(p.recThrs, dtype=np.float64),
     )
 
 
-def _prefix(w: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """[r, len(pos) + 1]: 0, then the cumulative weight of the detections at ``pos``."""
-    out = np.zeros((w.shape[0], len(pos) + 1))
-    np.cumsum(w[:, pos], axis=1, out=out[:, 1:])
-    return out
+def _thresholds_at_or_below(rec_thrs: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """``searchsorted(rec_thrs, recall, side="right")`` for finite ``recall`` >= 0: for COCO's evenly
+    spaced thresholds a guess from the spacing, corrected by one step each way against the
+    thresholds themselves; exact (checked), several times faster than the binary search, which it
+    falls back to."""
+    n = len(rec_thrs)
+    padded = np.concatenate([[-np.inf], rec_thrs, [np.inf]])  # padded[b] = rec_thrs[b - 1]
+    guess = (recall * (n - 1)).astype(np.int64)  # floor: recall >= 0
+    guess += 1
+    np.minimum(guess, n, out=guess)
+    guess -= padded[guess] > recall  # rec_thrs[guess - 1] > recall: one too many
+    guess += padded[guess + 1] <= recall  # rec_thrs[guess] <= recall: one too few
+    if np.all(padded[guess] <= recall) and np.all(padded[guess + 1] > recall):
+        return guess
+    return np.searchsorted(rec_thrs, recall, side="right")
 
 
-def _first_reaching(bins: np.ndarray, n_thr: int) -> np.ndarray:
-    """[r, n_thr]: per row, the index of the first point whose recall reaches each threshold.
+def _precision_sums(area: _Area, by_image: np.ndarray, npig: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
+    """[T, r]: the interpolated precision summed over the recall thresholds, per resample.
 
-    ``bins`` [r, n]: per point (recall non-decreasing along a row) the number of thresholds <= its
-    recall; the first point reaching threshold j is the number of points with bins <= j.
+    ``by_image`` [I, r]: each image's weight in each resample; ``npig`` [r]: the weighted number of
+    counted ground truths (inf where there is none: that entry is absent, its recall reads 0). Points (true positives) run down axis 0 and resamples along axis 1,
+    contiguous: a category has few true positives per threshold, so each step works on whole rows.
     """
-    r = bins.shape[0]
-    counts = np.bincount((bins + (n_thr + 1) * np.arange(r)[:, None]).ravel(), minlength=r * (n_thr + 1))
-    return np.cumsum(counts.reshape(r, n_thr + 1), axis=1)[:, :n_thr]
-
-
-def _precision_sums(cat: _Category, w: np.ndarray, npig: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
-    """[r, A, T]: the interpolated precision summed over the recall thresholds, per resample.
-
-    ``w`` [r, D]: each detection's weight (its image's); ``npig`` [r, A]: weighted counted ground truths.
-    """
-    r, n_thr = w.shape[0], len(rec_thrs)
-    out = np.zeros((r, len(cat.thresholds), len(cat.thresholds[0]) if cat.thresholds else 0))
-    for a, (in_pos, row) in enumerate(zip(cat.in_range, cat.thresholds)):
-        cum_in = _prefix(w, in_pos) if any(len(th.tp) for th in row) else None
-        for t, th in enumerate(row):
-            n = len(th.tp)
-            if n == 0 or cum_in is None:
-                continue  # no true positive: precision 0 at every recall threshold
-            tp = np.cumsum(w[:, th.tp], axis=1)  # [r, n] weighted true positives so far
-            # counted detections so far (= tp + fp): exact integers for count weights, as in COCOeval
-            kept = cum_in[:, th.in_before] - _prefix(w, th.minus)[:, th.minus_before]
-            kept += _prefix(w, th.plus)[:, th.plus_before]
-            precision = tp / (kept + EPS)
-            envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-            with np.errstate(divide="ignore", invalid="ignore"):  # npig 0: the entry is absent anyway
-                recall = tp / npig[:, a, None]
-            first = _first_reaching(np.searchsorted(rec_thrs, recall, side="right"), n_thr)  # [r, 101]
-            q = np.take_along_axis(envelope, np.minimum(first, n - 1), axis=1)
-            out[:, a, t] = np.where(first < n, q, 0.0).sum(axis=1)  # past the last recall: 0
+    out = np.zeros((len(area.thresholds), by_image.shape[1]))
+    if not any(len(th.tp_images) for th in area.thresholds):
+        return out  # no true positive at any IoU: precision 0 at every recall threshold
+    inside = area.inside.table(by_image)  # [m + 1, r] in-range detections up to each read-out
+    for t, th in enumerate(area.thresholds):
+        n = len(th.tp_images)
+        if n == 0:
+            continue
+        tp = by_image[th.tp_images]  # [n, r]
+        _running(np.add, tp)  # weighted true positives so far
+        # counted detections so far (= tp + fp): exact integers for count weights, as in COCOeval
+        kept = inside[th.in_rows] - th.minus.at(by_image) + th.plus.at(by_image)
+        kept += EPS
+        envelope = np.divide(tp, kept, out=kept)  # precision, then its envelope: the max from here down
+        _running(np.maximum, envelope, reverse=True)
+        recall = np.divide(tp, npig, out=tp)
+        # recall threshold j reads the envelope at the first point reaching it: point p is read by
+        # the thresholds in (recall of p - 1, recall of p], as many as the step in thresholds <= recall
+        reached = _thresholds_at_or_below(rec_thrs, recall)  # [n, r]
+        reached[1:] -= reached[:-1].copy()
+        out[t] = (envelope * reached).sum(axis=0)
     return out
 
 
@@ -226,20 +275,22 @@ def weighted_ap(matches: ImageMatches, weights: np.ndarray) -> dict[str, np.ndar
         raise ValueError(f"weights have {n_img} columns but the matches {len(matches.image_ids)} images")
     n_cat, n_area, _ = matches.gt_counts.shape
     n_iou, n_rec = len(matches.iou_thrs), len(matches.rec_thrs)
-    npig = (weights @ matches.gt_counts.reshape(n_cat * n_area, n_img).T).reshape(n_res, n_cat, n_area)
-    sums = np.zeros((n_res, n_cat, n_area, n_iou))
-    for k, cat in enumerate(matches.categories):
-        step = max(1, CHUNK_ELEMENTS // max(1, len(cat.image)))
-        for lo in range(0, n_res, step):
-            w = weights[lo : lo + step][:, cat.image]  # [r, D]
-            sums[lo : lo + step, k] = _precision_sums(cat, w, npig[lo : lo + step, k], matches.rec_thrs)
+    npig = (matches.gt_counts.reshape(n_cat * n_area, n_img) @ weights.T).reshape(n_cat, n_area, n_res)
+    sums = np.zeros((n_cat, n_area, n_iou, n_res))
+    step = max(1, CHUNK_ELEMENTS // max(1, matches.max_points()))
+    for lo in range(0, n_res, step):
+        by_image = np.ascontiguousarray(weights[lo : lo + step].T)  # [I, r]: an image's weights are one row
+        for k, areas in enumerate(matches.areas):
+            for a, area in enumerate(areas):
+                counted = np.where(npig[k, a, lo : lo + step] > 0, npig[k, a, lo : lo + step], np.inf)
+                sums[k, a, :, lo : lo + step] = _precision_sums(area, by_image, counted, matches.rec_thrs)
     valid = npig > 0  # summarize's "precision > -1": the category has a counted object there
     figures = {}
-    for name, (area, iou) in AP_FIGURES.items():
-        a = matches.area_labels.index(area)
+    for name, (area_label, iou) in AP_FIGURES.items():
+        a = matches.area_labels.index(area_label)
         ts = np.arange(n_iou) if iou is None else np.where(iou == matches.iou_thrs)[0]
-        total = (sums[:, :, a][:, :, ts].sum(axis=2) * valid[:, :, a]).sum(axis=1)
-        count = valid[:, :, a].sum(axis=1) * len(ts) * n_rec
+        total = (sums[:, a][:, ts].sum(axis=1) * valid[:, a]).sum(axis=0)  # [R]
+        count = valid[:, a].sum(axis=0) * len(ts) * n_rec
         figures[name] = np.where(count > 0, total / np.maximum(count, 1), -1.0)
     return figures
 
