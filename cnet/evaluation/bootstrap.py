@@ -47,6 +47,8 @@ AP_FIGURES: dict[str, tuple[str, float | None]] = {
     "APM": ("medium", None),
     "APL": ("large", None),
 }
+BOOTSTRAP_SEED = 0  # the resamples of every interval cnet reports (fixed: reruns give the same interval)
+LEVEL = 0.95
 EPS = np.spacing(1)  # COCOeval's guard in precision = tp / (tp + fp + eps)
 CHUNK_ELEMENTS = 1 << 22  # points x resamples per array (32 MiB of float64): resamples are chunked to fit
 
@@ -184,7 +186,9 @@ def _category(evaluator: COCOeval, k: int, max_det: int) -> tuple[list[_Area], n
     scores = np.concatenate([np.asarray(e["dtScores"][:max_det], dtype=np.float64) for e in first] or [np.zeros(0)])
     order = np.argsort(-scores, kind="mergesort")  # COCOeval's sort (stable: ties stay in image order)
     image = np.repeat(np.asarray(present, dtype=np.int64), per_image)[order]
-    dt_ids = np.concatenate([np.asarray(e["dtIds"][:max_det], dtype=np.int64) for e in first] or [np.zeros(0)])
+    dt_ids = np.concatenate(
+        [np.asarray(e["dtIds"][:max_det], dtype=np.int64) for e in first] or [np.zeros(0, np.int64)]
+    )
     areas = np.array([evaluator.cocoDt.anns[d]["area"] for d in dt_ids[order]], dtype=np.float64)
     out = []
     for a, (lo, hi) in enumerate(p.areaRng):
@@ -219,18 +223,21 @@ def image_matches(evaluator: COCOeval) -> ImageMatches:
 
 
 def _thresholds_at_or_below(rec_thrs: np.ndarray, recall: np.ndarray) -> np.ndarray:
-    """``searchsorted(rec_thrs, recall, side="right")`` for finite ``recall`` >= 0: for COCO's evenly
-    spaced thresholds a guess from the spacing, corrected by one step each way against the
-    thresholds themselves; exact (checked), several times faster than the binary search, which it
-    falls back to."""
+    """``searchsorted(rec_thrs, recall, side="right")`` for ``recall`` in [0, 1].
+
+    COCO's thresholds are ``j * 0.01`` exactly (``np.linspace``'s arithmetic): then a guess from the
+    spacing, corrected by one step each way against ``j * 0.01`` computed the same way, is exact
+    (and checked); several times faster than the binary search, which other thresholds get.
+    """
     n = len(rec_thrs)
-    padded = np.concatenate([[-np.inf], rec_thrs, [np.inf]])  # padded[b] = rec_thrs[b - 1]
-    guess = (recall * (n - 1)).astype(np.int64)  # floor: recall >= 0
+    step = 1.0 / (n - 1) if n > 1 else 0.0
+    if n < 2 or not np.array_equal(np.arange(n) * step, rec_thrs):
+        return np.searchsorted(rec_thrs, recall, side="right")
+    guess = (recall * (n - 1)).astype(np.int64)  # floor (recall >= 0); then count threshold 0 too
     guess += 1
-    np.minimum(guess, n, out=guess)
-    guess -= padded[guess] > recall  # rec_thrs[guess - 1] > recall: one too many
-    guess += padded[guess + 1] <= recall  # rec_thrs[guess] <= recall: one too few
-    if np.all(padded[guess] <= recall) and np.all(padded[guess + 1] > recall):
+    guess -= (guess - 1) * step > recall  # rec_thrs[guess - 1] > recall: one too many
+    guess += guess * step <= recall  # rec_thrs[guess] <= recall: one too few (guess = n: never)
+    if np.all((guess - 1) * step <= recall) and np.all(guess * step > recall):
         return guess
     return np.searchsorted(rec_thrs, recall, side="right")
 
@@ -239,8 +246,9 @@ def _precision_sums(area: _Area, by_image: np.ndarray, npig: np.ndarray, rec_thr
     """[T, r]: the interpolated precision summed over the recall thresholds, per resample.
 
     ``by_image`` [I, r]: each image's weight in each resample; ``npig`` [r]: the weighted number of
-    counted ground truths (inf where there is none: that entry is absent, its recall reads 0). Points (true positives) run down axis 0 and resamples along axis 1,
-    contiguous: a category has few true positives per threshold, so each step works on whole rows.
+    counted ground truths (inf where there is none: that entry is absent, its recall reads 0).
+    Points (true positives) run down axis 0 and resamples along axis 1, contiguous: a category has
+    few true positives per threshold, so each step works on whole rows.
     """
     out = np.zeros((len(area.thresholds), by_image.shape[1]))
     if not any(len(th.tp_images) for th in area.thresholds):
@@ -253,15 +261,18 @@ def _precision_sums(area: _Area, by_image: np.ndarray, npig: np.ndarray, rec_thr
         tp = by_image[th.tp_images]  # [n, r]
         _running(np.add, tp)  # weighted true positives so far
         # counted detections so far (= tp + fp): exact integers for count weights, as in COCOeval
-        kept = inside[th.in_rows] - th.minus.at(by_image) + th.plus.at(by_image)
+        kept = inside[th.in_rows]
+        if th.minus.segments is not None:
+            kept -= th.minus.at(by_image)
+        if th.plus.segments is not None:
+            kept += th.plus.at(by_image)
         kept += EPS
         envelope = np.divide(tp, kept, out=kept)  # precision, then its envelope: the max from here down
         _running(np.maximum, envelope, reverse=True)
         recall = np.divide(tp, npig, out=tp)
         # recall threshold j reads the envelope at the first point reaching it: point p is read by
         # the thresholds in (recall of p - 1, recall of p], as many as the step in thresholds <= recall
-        reached = _thresholds_at_or_below(rec_thrs, recall)  # [n, r]
-        reached[1:] -= reached[:-1].copy()
+        reached = np.diff(_thresholds_at_or_below(rec_thrs, recall), axis=0, prepend=0)  # [n, r]
         out[t] = (envelope * reached).sum(axis=0)
     return out
 
@@ -295,7 +306,7 @@ def weighted_ap(matches: ImageMatches, weights: np.ndarray) -> dict[str, np.ndar
     return figures
 
 
-def resample_weights(num_images: int, resamples: int, seed: int = 0) -> np.ndarray:
+def resample_weights(num_images: int, resamples: int, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
     """[resamples, num_images] counts: each row draws ``num_images`` images with replacement."""
     if num_images < 1 or resamples < 1:
         raise ValueError(f"need at least one image and one resample, got {num_images} and {resamples}")
@@ -304,7 +315,7 @@ def resample_weights(num_images: int, resamples: int, seed: int = 0) -> np.ndarr
     return np.bincount(flat, minlength=resamples * num_images).reshape(resamples, num_images).astype(np.float64)
 
 
-def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     """The central ``level`` percentile interval of the defined samples (NaN and -1 left out:
     resamples without an object of that kind); ``(nan, nan)`` when none is defined."""
     samples = np.asarray(samples, dtype=np.float64)
@@ -325,7 +336,9 @@ def check_paired(runs: Sequence[ImageMatches]) -> None:
             )
 
 
-def bootstrap(runs: Sequence[ImageMatches], resamples: int = 1000, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def bootstrap(
+    runs: Sequence[ImageMatches], resamples: int = 1000, seed: int = BOOTSTRAP_SEED
+) -> list[dict[str, np.ndarray]]:
     """Each run's figures (:func:`weighted_ap`) on the **same** ``resamples`` resamples of the
     images (paired); one dict of [resamples] arrays per run."""
     check_paired(runs)
