@@ -38,7 +38,7 @@ from cnet.evaluation.bootstrap import (
 )
 from cnet.evaluation.coco_eval import IOU_TYPES, METRIC_NAMES, run_cocoeval
 from cnet.tools.evaluate import InputError, load_gt, load_results
-from cnet.tools.run_files import run_file, run_record, split_ground_truth
+from cnet.tools.run_files import ground_truth_key, run_file, run_record, split_ground_truth
 
 PROG = "python -m cnet.tools.compare"
 
@@ -96,20 +96,6 @@ def resolve(source: str, split: str, have_gt: bool, tracking_uri: str | None, tm
         split,
         have_gt,
     )
-
-
-def same_ground_truth(a: COCO, b: COCO) -> bool:
-    """The same images (id, file, size) and the same annotations (id, image, category, box, crowd)."""
-
-    def key(coco: COCO) -> tuple[list[tuple], list[tuple]]:
-        images = sorted((i["id"], i.get("file_name"), i.get("width"), i.get("height")) for i in coco.dataset["images"])
-        anns = sorted(
-            (x["id"], x["image_id"], x["category_id"], tuple(x["bbox"]), x.get("iscrowd", 0))
-            for x in coco.dataset.get("annotations", [])
-        )
-        return images, anns
-
-    return key(a) == key(b)
 
 
 def _figure(value: float, samples: Any) -> dict[str, float | None]:
@@ -209,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             a, b = (resolve(s, args.split, gt is not None, args.tracking_uri, Path(tmp)) for s in (args.a, args.b))
         if gt is None:
             assert a.gt is not None and b.gt is not None
-            if not same_ground_truth(a.gt, b.gt):
+            if ground_truth_key(a.gt) != ground_truth_key(b.gt):
                 raise InputError(
                     f"{a.label} and {b.label} were scored on different ground truth: a paired comparison "
                     "needs the same images and objects (or give one ground truth with --gt GT.json)"

@@ -63,3 +63,14 @@ def split_ground_truth(config_file: Path, split: str) -> COCO:
     if name not in val_sets:
         raise ValueError(f"{config_file}: no evaluation split {name!r} (it has {sorted(val_sets)})")
     return val_sets[name].coco
+
+
+def ground_truth_key(coco: COCO) -> tuple[tuple[Any, ...], ...]:
+    """What makes two ground truths the same for a paired comparison: the images (id, file, size)
+    and the objects (id, image, category, box, crowd)."""
+    images = sorted((i["id"], i.get("file_name"), i.get("width"), i.get("height")) for i in coco.dataset["images"])
+    anns = sorted(
+        (x["id"], x["image_id"], x["category_id"], tuple(x["bbox"]), x.get("iscrowd", 0))
+        for x in coco.dataset.get("annotations", [])
+    )
+    return tuple(images), tuple(anns)
