@@ -308,10 +308,10 @@ def to_png(table: Table, path: Path) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color="#1f77b4"), plt.Rectangle((0, 0), 1, 1, color="#9aa5b1")]
     iv = table.intervals
     ours = "ours" if iv is None else f"ours, 95% interval ({iv.resamples} paired image resamples of {iv.images})"
-    ax.legend(handles, [ours, "paper"], loc="upper left")
+    ax.legend(handles, [ours, "paper"], loc="upper left", fontsize=8, framealpha=0.9)
     ax.set_xticks(list(x), names, fontsize=8)
     ax.set_ylabel("box AP (%)")
-    ax.set_ylim(0, top * 1.15 + 1)
+    ax.set_ylim(0, top * 1.3 + 1)  # room for the legend above the bars
     ax.set_title("\n".join(_wrap(table.title, 95)), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
