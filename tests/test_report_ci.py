@@ -62,10 +62,11 @@ def store(tmp_path_factory) -> tuple[Path, str]:
     return tmp, uri
 
 
-def test_table_with_intervals_from_the_runs_results(store, capsys):
+def test_table_with_intervals_from_the_runs_results(store):
     tmp, uri = store
     out = tmp / "reports"
-    assert main(["table5", "--tracking-uri", uri, "--ci", "--resamples", "200", "--out-dir", str(out), "--format", "csv"]) == 0
+    argv = ["table5", "--tracking-uri", uri, "--ci", "--resamples", "200", "--out-dir", str(out), "--format", "csv"]
+    assert main(argv) == 0
     frame = pd.read_csv(out / "table5.csv").set_index("row")
     # every resample: base and DCN 100, RoI conv. 0, cross-star the mean of its seeds' 100 and 0
     expected = {  # row: (AP interval, AP - base and its interval)
@@ -110,7 +111,7 @@ def test_without_ci_the_table_has_no_interval_columns(store):
 def test_a_run_without_results_is_left_out_and_said_so(store, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    tmp, uri = store
+    _, uri = store
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("cnet-table5").experiment_id
     tags = {"matching": "centripetal", "adaption": "dcn", "mask_head": "none", "data": "synthetic"}
