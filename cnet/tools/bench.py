@@ -37,9 +37,9 @@ from cnet.criterion import CornerSum
 from cnet.files import write_text_atomic
 from cnet.matching.base import Matching
 from cnet.parts import CornerFeatures
-from cnet.tools import bench_bootstrap
 from cnet.postprocess import PostProcess
 from cnet.targets import encode_corners
+from cnet.tools import bench_bootstrap
 from cnet.types import Grid, GroundTruth, ImageMeta, Outputs
 
 SECTIONS = ("decode", "adaption", "deform", "bootstrap")
