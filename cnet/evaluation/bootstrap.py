@@ -144,8 +144,11 @@ class ImageMatches:
     rec_thrs: np.ndarray
 
     def max_points(self) -> int:
-        """The most points (true positives) of one (category, area range, IoU threshold)."""
-        return max((len(th.tp_images) for areas in self.areas for a in areas for th in a.thresholds), default=0)
+        """The most rows one array of :func:`weighted_ap` has: true positives of one (category, area
+        range, IoU threshold), or read-outs of one area range's in-range prefix."""
+        sizes = [len(th.tp_images) for areas in self.areas for a in areas for th in a.thresholds]
+        sizes += [a.inside.segments.shape[0] for areas in self.areas for a in areas if a.inside.segments is not None]
+        return max(sizes, default=0) + 1
 
 
 def _area(image: np.ndarray, matched: np.ndarray, counted: np.ndarray, inside: np.ndarray, n_img: int) -> _Area:

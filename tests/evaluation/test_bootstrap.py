@@ -250,3 +250,17 @@ def test_matches_need_an_evaluated_cocoeval_and_the_same_images():
         bootstrap([a, b], resamples=5)
     with pytest.raises(ValueError, match="columns"):
         weighted_ap(a, np.ones((1, 3)))
+
+
+def test_resamples_in_chunks_give_the_same_figures(monkeypatch):
+    """A small memory budget splits the resamples into chunks of a few; the figures do not change."""
+    from cnet.evaluation import bootstrap as module
+
+    gt, results = random_set(8, n_images=20)
+    matches = image_matches(cocoeval(gt, results))
+    weights = resample_weights(20, 30, seed=2)
+    whole = weighted_ap(matches, weights)
+    monkeypatch.setattr(module, "CHUNK_ELEMENTS", 4 * matches.max_points())  # 4 resamples a chunk
+    chunked = weighted_ap(matches, weights)
+    for name in FIGURES:
+        assert np.array_equal(whole[name], chunked[name]), name
