@@ -318,11 +318,17 @@ def resample_weights(num_images: int, resamples: int, seed: int = BOOTSTRAP_SEED
     return np.bincount(flat, minlength=resamples * num_images).reshape(resamples, num_images).astype(np.float64)
 
 
-def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """The central ``level`` percentile interval of the defined samples (NaN and -1 left out:
-    resamples without an object of that kind); ``(nan, nan)`` when none is defined."""
+def defined(samples: np.ndarray) -> np.ndarray:
+    """A figure's resampled values with COCO's -1 (no object of that kind drawn) as NaN."""
     samples = np.asarray(samples, dtype=np.float64)
-    kept = samples[np.isfinite(samples) & (samples != -1)]
+    return np.where(samples == -1, np.nan, samples)
+
+
+def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The central ``level`` percentile interval of the finite samples (NaN: the resample has no
+    such figure, see :func:`defined` and :func:`difference`); ``(nan, nan)`` when none is finite."""
+    samples = np.asarray(samples, dtype=np.float64)
+    kept = samples[np.isfinite(samples)]
     if not len(kept):
         return math.nan, math.nan
     lo, hi = np.quantile(kept, [(1 - level) / 2, (1 + level) / 2])

@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cnet.evaluation.bootstrap import image_matches, percentile_interval, resample_weights, weighted_ap
+from cnet.evaluation.bootstrap import defined, image_matches, percentile_interval, resample_weights, weighted_ap
 from cnet.files import write_text_atomic
 
 if TYPE_CHECKING:  # keeps `python -m cnet.tools.evaluate` free of the torch import
@@ -185,7 +185,7 @@ def evaluate_coco(
     figures = {name: float(v) for name, v in zip(METRIC_NAMES, stats)}
     if bootstrap > 0:
         samples = weighted_ap(image_matches(evaluator), resample_weights(len(evaluator.params.imgIds), bootstrap))
-        low, high = percentile_interval(samples["AP"])
+        low, high = percentile_interval(defined(samples["AP"]))
         defined = figures["AP"] != -1 and math.isfinite(low)
         figures |= {"AP_ci_low": low if defined else -1.0, "AP_ci_high": high if defined else -1.0}
     return figures

@@ -32,6 +32,7 @@ from cnet.evaluation.bootstrap import (
     BOOTSTRAP_SEED,
     LEVEL,
     bootstrap,
+    defined,
     difference,
     image_matches,
     percentile_interval,
@@ -99,7 +100,8 @@ def resolve(source: str, split: str, have_gt: bool, tracking_uri: str | None, tm
 
 
 def _figure(value: float, samples: Any) -> dict[str, float | None]:
-    """``{value, ci_low, ci_high}``; an absent figure (-1) or interval is null."""
+    """``{value, ci_low, ci_high}`` (``samples``: NaN where the resample has no such figure); an
+    absent figure (-1) or interval is null."""
     low, high = percentile_interval(samples)
     absent = value == -1 or math.isnan(value)
     return {
@@ -132,8 +134,8 @@ def compare(a: Source, b: Source, gt: COCO, iou_type: str, resamples: int, seed:
     }
     for name in AP_FIGURES:
         va, vb = evaluated[0][name], evaluated[1][name]
-        out["a"][name] = _figure(va, samples[0][name])
-        out["b"][name] = _figure(vb, samples[1][name])
+        out["a"][name] = _figure(va, defined(samples[0][name]))
+        out["b"][name] = _figure(vb, defined(samples[1][name]))
         out["b_minus_a"][name] = _figure(
             vb - va if -1 not in (va, vb) else -1.0, difference(samples[0][name], samples[1][name])
         )

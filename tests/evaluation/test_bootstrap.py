@@ -16,6 +16,7 @@ from pycocotools.cocoeval import COCOeval, Params
 from cnet.evaluation.bootstrap import (
     AP_FIGURES,
     bootstrap,
+    defined,
     difference,
     image_matches,
     percentile_interval,
@@ -186,7 +187,7 @@ def test_hand_worked_intervals():
     assert [round(v * 101) for v in allowed] == [0, 11, 21, 31, 41, 51, 61, 70, 81, 91, 101]
     assert np.abs(ap_a[:, None] - allowed).min(axis=1).max() < 1e-12
     # the medium-size figure is the same (every object is medium), the other sizes are absent
-    assert percentile_interval(weighted_ap(a, resample_weights(10, 1000, 0))["APS"]) == pytest.approx(
+    assert percentile_interval(defined(weighted_ap(a, resample_weights(10, 1000, 0))["APS"])) == pytest.approx(
         (np.nan, np.nan), nan_ok=True
     )
 
@@ -225,7 +226,18 @@ def test_a_resample_without_objects_of_a_category_leaves_it_out():
     assert figures["AP"][1] == pytest.approx(1.0)  # category 1 absent: only category 2's AP
     assert figures["AP"][2] == -1.0
     assert figures["AP"][3] == pytest.approx(0.5)
-    assert percentile_interval(figures["AP"]) == pytest.approx(tuple(np.quantile([0.5, 1.0, 0.5], [0.025, 0.975])))
+    interval = percentile_interval(defined(figures["AP"]))  # the resample without objects left out
+    assert interval == pytest.approx(tuple(np.quantile([0.5, 1.0, 0.5], [0.025, 0.975])))
+
+
+def test_a_difference_of_minus_one_is_a_difference_not_an_absent_figure():
+    """A finds all ten objects (AP 1), B none (AP 0): B - A is -1 on every resample."""
+    gt, all_found = ten_objects(range(10))
+    a = image_matches(cocoeval(gt, all_found))
+    b = image_matches(cocoeval(gt, [dict(all_found[0], bbox=[70, 70, 5, 5])]))  # one miss
+    ap_a, ap_b = (s["AP"] for s in bootstrap([a, b], resamples=100, seed=1))
+    assert np.all(ap_a == 1.0) and np.all(ap_b == 0.0)
+    assert percentile_interval(difference(ap_a, ap_b)) == (-1.0, -1.0)
 
 
 def test_resample_weights_draw_each_image_count_times():
