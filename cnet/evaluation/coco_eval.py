@@ -186,8 +186,8 @@ def evaluate_coco(
     if bootstrap > 0:
         samples = weighted_ap(image_matches(evaluator), resample_weights(len(evaluator.params.imgIds), bootstrap))
         low, high = percentile_interval(defined(samples["AP"]))
-        defined = figures["AP"] != -1 and math.isfinite(low)
-        figures |= {"AP_ci_low": low if defined else -1.0, "AP_ci_high": high if defined else -1.0}
+        has_interval = figures["AP"] != -1 and math.isfinite(low)
+        figures |= {"AP_ci_low": low if has_interval else -1.0, "AP_ci_high": high if has_interval else -1.0}
     return figures
 
 
