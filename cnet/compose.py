@@ -29,10 +29,12 @@ from cnet.data.coco import CocoData, CocoDetection
 from cnet.data.transforms import TestTransform
 from cnet.detector import CornerDetector
 from cnet.files import write_text_atomic
+from cnet.job import JobSpec
 from cnet.model import Model, TestConfig, build_predictor, seed_everything
 from cnet.resources import CONFIG_DIR
 from cnet.run import Evaluation, Run
 from cnet.schedule import ScheduleConfig
+from cnet.tracking import flatten_params, resolve_tracking_uri
 from cnet.trainer import TrainerConfig
 
 Config = DictConfig  # the composed configuration, for type hints outside this module
@@ -127,6 +129,33 @@ def build_run(cfg: DictConfig, out_dir: Path) -> Run:
         out_dir=out_dir,
         seed=cfg.seed,
         device=cfg.device,
+    )
+
+
+def build_job(
+    cfg: DictConfig, out_dir: Path, choices: dict[str, Any], overrides: Sequence[str], project_root: Path
+) -> JobSpec:
+    """The job around :func:`build_run` (tracking, naming, params) as plain values: ``choices`` are
+    Hydra's group options (its own ``hydra/*`` left out), ``overrides`` the command line's."""
+    choices = {k: str(v) for k, v in choices.items() if not k.startswith("hydra") and v}
+    root = select(cfg, "data.root")  # the dataset's name: data.name, else its folder's, else the option
+    data = str(select(cfg, "data.name") or (Path(str(root)).name if root else choices.get("data", "data")))
+    params = flatten_params(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    params.pop("tracking.sweep_id")  # a time stamp of the launch: a tag, and may differ on resume
+    params.pop("tracking.flush_timeout_min")  # how to wait for the store, not what was trained
+    return JobSpec(
+        out_dir=out_dir,
+        device=str(cfg.device),
+        tracking_uri=resolve_tracking_uri(cfg.tracking.uri, project_root),
+        experiment=str(cfg.tracking.experiment),
+        flush_s=60.0 * float(cfg.tracking.flush_timeout_min),
+        sweep_id=str(cfg.tracking.sweep_id),
+        epochs=int(cfg.schedule.epochs),
+        seed=int(cfg.seed),
+        data=data,
+        choices=choices,
+        overrides=list(overrides),
+        params=params,
     )
 
 

@@ -11,6 +11,11 @@ class TrackingStoreError(RuntimeError):
     """The MLflow store cannot be opened or read; the message names it and says what to do."""
 
 
+class TrackingAuthError(TrackingStoreError):
+    """The tracking server does not let this job in (no login, a wrong password, no permission), or its
+    URI holds a password; the one-line message names the server and the user and says what to set."""
+
+
 class DataError(ValueError):
     """An annotation file (or an image it lists) is unusable: the one-line message names the file,
     the item (image, annotation or category id, or the missing key) and the fix. A ValueError, so
@@ -25,4 +30,5 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FloatingPointError,
     ResumeError,
     TrackingStoreError,
+    TrackingAuthError,
 )

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from cnet.errors import ResumeError, TrackingStoreError
 from cnet.files import write_text_atomic
 from cnet.outbox import Outbox, OutboxTimeout
+from cnet.tracking_auth import check_uri, refusals_explained
 
 MAX_PARAM_VALUE_LENGTH = 6000  # MLflow's limit on a param value (characters)
 _BATCH_PARAMS = 100  # MLflow's per-request limits of log_batch
@@ -44,13 +45,14 @@ def resolve_tracking_uri(configured: str | None, project_root: Path | None = Non
 
     The fallback is ``sqlite:///<absolute project_root>/mlflow.db`` (default: the current
     folder, where the tools are started) so Hydra's change of the working directory does not
-    create a second database per job.
+    create a second database per job. A URI holding a password is refused
+    (:func:`cnet.tracking_auth.check_uri`): logins come from MLflow's environment variables.
     """
     env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env_uri:
-        return env_uri
+        return check_uri(env_uri)
     if configured and configured.strip():
-        return configured.strip()
+        return check_uri(configured.strip())
     return f"sqlite:///{Path(project_root or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
@@ -103,9 +105,10 @@ def open_store(tracking_uri: str) -> MlflowClient:
     A SQLite store is created (schema and migrations) by one process at a time, under an
     exclusive lock on ``<db>.lock``: parallel jobs of a sweep that start on a fresh store
     otherwise race on MLflow's migration tables and leave it unreadable. A store that cannot be
-    read raises :class:`TrackingStoreError` naming the file and what to do.
+    read raises :class:`TrackingStoreError` naming the file and what to do. A URI holding a
+    password raises :class:`~cnet.errors.TrackingAuthError`.
     """
-    db = sqlite_path(tracking_uri)
+    db = sqlite_path(check_uri(tracking_uri))
     if db is None:
         return MlflowClient(tracking_uri=tracking_uri)
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -130,9 +133,11 @@ def _sqlite_artifact_location(tracking_uri: str) -> str | None:
 
 
 def run_status(tracking_uri: str, run_id: str) -> str | None:
-    """Status of ``run_id`` in the store (None when it is not there or is deleted)."""
+    """Status of ``run_id`` in the store (None when it is not there or is deleted; a server that does
+    not let this job read it raises :class:`~cnet.errors.TrackingAuthError`)."""
     try:
-        run = _retry_locked(open_store(tracking_uri).get_run, run_id)
+        with refusals_explained(tracking_uri, f"read run {run_id}"):
+            run = _retry_locked(open_store(tracking_uri).get_run, run_id)
     except MlflowException:
         return None
     return None if run.info.lifecycle_stage == "deleted" else str(run.info.status)
@@ -173,28 +178,33 @@ class Tracker:
         self._experiment_id = self._get_or_create_experiment(experiment)
         self._finished = False
         if run_id is None:
-            run = _retry_locked(
-                self._client.create_run,
-                self._experiment_id,
-                tags={str(k): str(v) for k, v in (tags or {}).items()},
-                run_name=run_name,
-            )
+            with refusals_explained(tracking_uri, f"create a run in experiment {experiment!r}"):
+                run = _retry_locked(
+                    self._client.create_run,
+                    self._experiment_id,
+                    tags={str(k): str(v) for k, v in (tags or {}).items()},
+                    run_name=run_name,
+                )
             self._run_id: str = run.info.run_id
         else:
-            self._run_id = self._resume(run_id, experiment, run_name)
+            with refusals_explained(tracking_uri, f"resume run {run_id} in experiment {experiment!r}"):
+                self._run_id = self._resume(run_id, experiment, run_name)
         self._outbox = Outbox(tracking_uri)
         if run_id is not None and tags:
             self.set_tags(tags)
 
     def _get_or_create_experiment(self, name: str) -> str:
-        exp = _retry_locked(self._client.get_experiment_by_name, name)
+        # the first request: a server that does not let this job in says so here, before any run exists
+        with refusals_explained(self._tracking_uri, f"read experiment {name!r}"):
+            exp = _retry_locked(self._client.get_experiment_by_name, name)
         if exp is None:
             try:
-                return _retry_locked(
-                    self._client.create_experiment,
-                    name,
-                    artifact_location=_sqlite_artifact_location(self._tracking_uri),
-                )
+                with refusals_explained(self._tracking_uri, f"create experiment {name!r}"):
+                    return _retry_locked(
+                        self._client.create_experiment,
+                        name,
+                        artifact_location=_sqlite_artifact_location(self._tracking_uri),
+                    )
             except MlflowException as exc:
                 # Another process created it between our get and create: use theirs.
                 if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
@@ -214,6 +224,8 @@ class Tracker:
         try:
             run = _retry_locked(self._client.get_run, run_id)
         except MlflowException as exc:
+            if exc.get_http_status_code() in (401, 403):  # not let in: said as such by the caller
+                raise
             raise ResumeError(
                 f"cannot resume MLflow run {run_id}: not found in {self._tracking_uri}; {fresh_hint}"
             ) from exc
@@ -245,6 +257,10 @@ class Tracker:
         config).
         """
         values = {str(k): str(v)[:MAX_PARAM_VALUE_LENGTH] for k, v in params.items()}
+        with refusals_explained(self._tracking_uri, f"log params to run {self._run_id}"):
+            self._log_params(values)
+
+    def _log_params(self, values: dict[str, str]) -> None:
         existing = _retry_locked(self._client.get_run, self._run_id).data.params
         changed = sorted(k for k, v in values.items() if k in existing and existing[k] != v)
         if changed:

@@ -81,12 +81,19 @@ def slurm_cluster(tmp_path_factory) -> Iterator[LocalSlurm]:
                 os.environ[key] = value
 
 
+MLFLOW_JOB_USER = "cnet-job"  # the account the tests' jobs log in with (mlflow_postgres)
+MLFLOW_LOGIN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
 @pytest.fixture(scope="session")
 def mlflow_postgres(tmp_path_factory) -> Iterator[MlflowServer]:
-    """The README's ``mlflow server`` on a private PostgreSQL cluster, for the session, or a skip.
+    """The README's ``mlflow server`` (with users: ``--app-name basic-auth``, its users on PostgreSQL
+    too) on a private PostgreSQL cluster, for the session, or a skip.
 
-    The cluster's folder is a fresh one under /tmp: PostgreSQL runs as user postgres when we are
-    root, and pytest's own folders are closed to other users.
+    While it runs, MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD log in as the account
+    ``cnet-job`` (``server.users``), as the README's job environment does: the tests' clients and
+    the jobs they start inherit them. The cluster's folder is a fresh one under /tmp: PostgreSQL runs
+    as user postgres when we are root, and pytest's own folders are closed to other users.
     """
     import shutil
     import tempfile
@@ -98,11 +105,18 @@ def mlflow_postgres(tmp_path_factory) -> Iterator[MlflowServer]:
         pytest.skip(reason)
     db = LocalPostgres(Path(tempfile.mkdtemp(prefix="cnet-postgres-")))
     server = None
+    saved = {key: os.environ.get(key) for key in MLFLOW_LOGIN}
     try:
         db.start()
-        server = MlflowServer(tmp_path_factory.mktemp("mlflow_server"), db.uri).start()
+        server = MlflowServer(tmp_path_factory.mktemp("mlflow_server"), db.uri, db.auth_uri).start()
+        os.environ.update(zip(MLFLOW_LOGIN, (MLFLOW_JOB_USER, server.add_user(MLFLOW_JOB_USER))))
         yield server
     finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         if server is not None:
             server.stop()
         db.stop()

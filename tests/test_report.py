@@ -1,5 +1,5 @@
-"""Paper Tables 4-6 rebuilt from MLflow runs (cnet.tools.report): the selection rule on hand-built runs,
-the table specs against the paper, the sweeps' composition, and tables from real tiny runs."""
+"""Paper Tables 4-6 rebuilt from MLflow runs (cnet.tools.report): the selection rule on hand-built runs
+and tables from real tiny runs (the table specs and sweeps: test_report_experiments.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
 from cnet.tools.report_render import ours_text, table_frame, to_latex, to_markdown
 from cnet.tools.report_tables import (
     METRICS,
     RowSpec,
-    available_tables,
     build_table,
     load_spec,
     match_row,
@@ -217,108 +215,6 @@ def test_rendered_table_keeps_states_paper_numbers_and_provenance():
     assert "| CornerNet w/mask | 110 | 31.0 | 37.3 | -6.3 |" in md and "25.0" in md  # box AP, then segm_AP
     tex = to_latex(table)
     assert "CornerNet w/mask & 110 & 31.0 & 37.3 & -6.3" in tex and "CornerNet & 110 & 30.0 & 37.3 & -7.3" in tex
-
-
-# ---------------------------------------------------------------- specs and sweeps
-
-
-@pytest.mark.parametrize("table", TABLES)
-def test_paper_values_in_yaml_are_the_papers(table):
-    spec = load_spec(table)
-    assert available_tables() == TABLES
-    assert [[row.paper[m] for m in METRICS] for row in spec.rows] == PAPER[table]
-    assert all(len(row.paper) == 6 for row in spec.rows)
-    if PAPER_TEXT:  # the paper's own text, where this checkout has it
-        text = " ".join(PAPER_TEXT[0].read_text().split())
-        for row, paper in zip(spec.rows, PAPER[table]):
-            epoch = f" {row.epochs}" if row.epochs else ""
-            epoch = " Hourglass-104" if table == "table3" else epoch  # Table 3 names the backbone
-            assert f"{row.name}{epoch} " + " ".join(f"{v:.1f}" for v in paper) in text
-
-
-def compose_hydra(overrides: list[str]):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=True)
-
-
-@pytest.mark.parametrize("table", TABLES)
-def test_experiment_sets_the_papers_setting_and_sweeps_the_tables_rows(table):
-    spec = load_spec(table)
-    cfg = compose_hydra([f"+experiment={table}"])
-    choices = cfg.hydra.runtime.choices
-    assert (choices.backbone, choices.schedule, choices.data, choices.trainer) == (
-        spec.setting["backbone"],
-        spec.setting["schedule"],
-        spec.setting["data"],
-        "gpu",
-    )
-    assert cfg.schedule.epochs == spec.setting["epochs"] and cfg.tracking.experiment == spec.experiment
-    swept = {k: v.split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
-    for group, options in swept.items():
-        assert all((CONF / group / f"{o}.yaml").is_file() for o in options), (group, options)
-    if table == "table6":  # one named configuration per row: conf/experiment/table6_*.yaml
-        assert swept == {}
-        rows = sorted(p.stem for p in (CONF / "experiment").glob("table6_*.yaml"))
-        made = []
-        for name in rows:
-            row_cfg = compose_hydra([f"+experiment={name}"])
-            tags = {g: row_cfg.hydra.runtime.choices[g] for g in ("matching", "adaption", "mask_head")}
-            made.append((tags, row_cfg.schedule.epochs))
-            assert row_cfg.tracking.experiment == spec.experiment
-        assert sorted(map(str, made)) == sorted(str((r.config, r.epochs)) for r in spec.rows)
-        return
-    for group in ("matching", "adaption", "mask_head"):
-        values = swept.get(group, [choices[group]])
-        assert sorted(values) == sorted({r.config[group] for r in spec.rows}), group
-
-
-@pytest.mark.parametrize("table", TABLES)
-def test_command_line_groups_win_over_the_experiments_defaults(table):
-    cfg = compose_hydra([f"+experiment={table}", "data=synthetic", "backbone=tiny", "schedule=demo", "trainer=demo"])
-    choices = cfg.hydra.runtime.choices
-    assert (choices.data, choices.backbone, choices.schedule, choices.trainer) == ("synthetic", "tiny", "demo", "demo")
-    assert cfg.data.source._target_ == "cnet.data.SyntheticData" and cfg.trainer.batch_size == 16
-    assert cfg.tracking.experiment == f"cnet-{table}"
-
-
-def test_sweep_composes_with_the_slurm_launcher():
-    cfg = compose_hydra(["+experiment=table5", "hydra/launcher=slurm_gpu", "data.root=/data/coco"])
-    assert cfg.hydra.launcher.gpus_per_node == 8 and "SlurmLauncher" in cfg.hydra.launcher._target_
-    assert cfg.hydra.launcher.tasks_per_node == 8  # one task per GPU
-    assert cfg.hydra.sweeper.params.adaption == "none,dcn,roi_conv,cross_star"
-
-
-@pytest.mark.parametrize("table", TABLES)
-def test_empty_store_prints_the_papers_numbers_and_not_run(table, tmp_path):
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cnet.tools.report",
-            table,
-            "--tracking-uri",
-            f"sqlite:///{tmp_path}/empty.db",
-            "--out-dir",
-            str(tmp_path / "reports"),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-    assert res.returncode == 0, res.stderr
-    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "paper" not in line]
-    assert len(rows) == len(PAPER[table])
-    for line, paper in zip(rows, PAPER[table]):
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        first = 2 if table == "table6" else 1
-        assert [float(cells[first + 1 + 3 * i]) for i in range(6)] == paper
-        assert [cells[first + 3 * i] for i in range(6)] == ["not run"] * 6 and cells[-1] == "not run"
-    assert not (tmp_path / "empty.db").exists()  # reading never creates a store
-    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
-        f"{table}.{e}" for e in ("csv", "md", "png", "tex")
-    ]
 
 
 # ---------------------------------------------------------------- real runs

@@ -12,11 +12,12 @@ PORT_ATTEMPTS = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The README's server command on a SQLite store. The port is free when picked but may be taken
-    before the server binds it (another process on the machine): a failed start retries on a new port."""
+    """The README's server command on SQLite stores (runs, users), the jobs and the report logged in
+    as one user. The port is free when picked but may be taken before the server binds it (another
+    process on the machine): a failed start retries on a new port."""
     tmp = tmp_path_factory.mktemp("mlflow_server")
     for attempt in range(PORT_ATTEMPTS):
-        srv = MlflowServer(tmp, f"sqlite:///{tmp}/srv.db")
+        srv = MlflowServer(tmp, f"sqlite:///{tmp}/srv.db", f"sqlite:///{tmp}/auth.db")
         try:
             srv.start()
             break
@@ -24,7 +25,10 @@ def server(tmp_path_factory):
             if attempt == PORT_ATTEMPTS - 1:
                 raise
     try:
-        yield tmp, srv.url
+        with pytest.MonkeyPatch.context() as mp:  # the jobs and the report tool inherit the login
+            mp.setenv("MLFLOW_TRACKING_USERNAME", "report")
+            mp.setenv("MLFLOW_TRACKING_PASSWORD", srv.add_user("report"))
+            yield tmp, srv.url
     finally:
         srv.stop()
 

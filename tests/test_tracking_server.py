@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.servers import MlflowServer, readme_server_command
+from tests.servers import MlflowServer, readme_auth_config, readme_server_command
 from tests.test_tracking_store import runs_start_on_one_dataset_at_once
 from tests.test_train_cli import FAST, ROOT
 
@@ -24,7 +24,7 @@ def test_the_readme_gives_a_postgresql_backed_server_command():
     assert argv[:2] == ["mlflow", "server"]
     values = dict(zip(argv[2::2], argv[3::2]))
     assert values["--backend-store-uri"].startswith("postgresql://") and "--artifacts-destination" in values
-    server = MlflowServer(Path("/nonexistent"), "postgresql://u@h:1/db")
+    server = MlflowServer(Path("/nonexistent"), "postgresql://u@h:1/db", "postgresql://u@h:1/auth")
     assert server.argv[1:] == [server.argv[1]] + [
         {
             "--host": "127.0.0.1",
@@ -35,6 +35,14 @@ def test_the_readme_gives_a_postgresql_backed_server_command():
         for i, a in enumerate(argv)
         if i > 1
     ]  # fmt: skip -- only the four values are ours; every flag is the README's
+    # its users: the README's basic_auth.ini with only the database replaced, a fresh admin password
+    assert server.env["MLFLOW_AUTH_CONFIG_PATH"] == "/nonexistent/basic_auth.ini"
+    assert server.auth_ini.splitlines() == [
+        "database_uri = postgresql://u@h:1/auth" if line.startswith("database_uri") else line
+        for line in readme_auth_config().splitlines()
+    ]
+    assert server.admin is not None and server.env["MLFLOW_AUTH_ADMIN_PASSWORD"] == server.admin[1]
+    assert server.admin[1] != MlflowServer(Path("/nonexistent"), "postgresql://u@h:1/db", "sqlite://").admin[1]
 
 
 def _env(tmp: Path, url: str) -> dict[str, str]:

@@ -18,7 +18,6 @@ import argparse
 import getpass
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,11 +27,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+from tests.slurm.processes import alive, free_ports, real_memory_mb, tail, which
+
 Auth = Literal["none", "munge"]
 
 INSTALL_HINT = "apt-get install slurmctld slurmd slurm-client munge"
 SKIP_REASON = f"SLURM not installed ({INSTALL_HINT})"
-_MEMORY_MARGIN_MB = 1024
 
 
 class SlurmError(RuntimeError):
@@ -46,59 +46,10 @@ def required_binaries(auth: Auth = "none") -> list[str]:
 
 def available(auth: Auth = "none") -> tuple[bool, str]:
     """Whether the SLURM binaries are installed, and a reason to show when they are not."""
-    missing = [name for name in required_binaries(auth) if _which(name) is None]
+    missing = [name for name in required_binaries(auth) if which(name) is None]
     if missing:
         return False, f"{SKIP_REASON}; missing: {', '.join(missing)}"
     return True, "SLURM binaries found"
-
-
-def _which(name: str) -> str | None:
-    # the daemons live in /usr/sbin, which is not on every PATH
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _real_memory_mb() -> int:
-    """MemTotal from /proc/meminfo in MB, minus a margin so slurmd never finds less than configured."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            total_mb = int(line.split()[1]) // 1024
-            return max(256, total_mb - max(_MEMORY_MARGIN_MB, total_mb // 20))
-    return 1024
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie counts as gone
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"--- {path}: (no log)"
-    return f"--- {path} (last {min(lines, len(text))} lines):\n" + "\n".join(text[-lines:])
 
 
 class LocalSlurm:
@@ -158,7 +109,7 @@ class LocalSlurm:
     def write_conf(self) -> Path:
         for sub in ("state", "spool/slurmd", "log", "run"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
-        ctld_port, slurmd_port = _free_ports(2)
+        ctld_port, slurmd_port = free_ports(2)
         d, host = self.folder, self.hostname
         if self.auth == "munge":
             auth_lines = [
@@ -201,7 +152,7 @@ class LocalSlurm:
             "PreemptMode=REQUEUE",
             "SlurmctldParameters=preempt_send_user_signal",
             f"NodeName={host} NodeAddr=127.0.0.1 NodeHostname={host} CPUs={self.cpus} Sockets=1 "
-            f"CoresPerSocket={self.cpus} ThreadsPerCore=1 RealMemory={_real_memory_mb()} State=UNKNOWN",
+            f"CoresPerSocket={self.cpus} ThreadsPerCore=1 RealMemory={real_memory_mb()} State=UNKNOWN",
             f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30",
             f"PartitionName=high Nodes={host} Default=NO MaxTime=INFINITE State=UP PriorityTier=10",
         ]
@@ -264,11 +215,11 @@ class LocalSlurm:
         raise SlurmError(f"job {job_id} did not finish in {timeout_s:.0f} s\n{self.logs()}")
 
     def logs(self, lines: int = 25) -> str:
-        return "\n".join(_tail(self._log_file(d), lines) for d in ("slurmctld", "slurmd"))
+        return "\n".join(tail(self._log_file(d), lines) for d in ("slurmctld", "slurmd"))
 
     # --- internals -------------------------------------------------------------------------------
     def _client(self, args: list[str], *, check: bool = True, timeout: float = 30.0) -> str:
-        exe = _which(args[0]) or args[0]
+        exe = which(args[0]) or args[0]
         proc = subprocess.run(
             [exe, *args[1:]],
             env={**os.environ, **self.env()},
@@ -289,7 +240,7 @@ class LocalSlurm:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s, check=False)
         if proc.returncode != 0:
             raise SlurmError(
-                f"{daemon} exited with {proc.returncode}: {proc.stderr.strip()}\n{_tail(self._log_file(daemon))}"
+                f"{daemon} exited with {proc.returncode}: {proc.stderr.strip()}\n{tail(self._log_file(daemon))}"
             )
         self._wait(f"{daemon} writes {self._pid_file(daemon)}", lambda: self._daemon_pid(daemon) is not None)
 
@@ -337,7 +288,7 @@ class LocalSlurm:
 
     def _check_alive(self, daemon: str) -> None:
         pid = self._read_pid(daemon)
-        if pid is not None and not _alive(pid):
+        if pid is not None and not alive(pid):
             raise SlurmError(f"{daemon} (pid {pid}) died during start-up\n{self.logs()}")
 
     def _wait(self, what: str, ready: Callable[[], bool]) -> None:
@@ -357,7 +308,7 @@ class LocalSlurm:
     def _daemon_pid(self, daemon: str) -> int | None:
         """The PID from the pid file if that process is alive and is this cluster's `daemon`."""
         pid = self._read_pid(daemon)
-        if pid is None or not _alive(pid):
+        if pid is None or not alive(pid):
             return None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -373,17 +324,17 @@ class LocalSlurm:
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + grace_s
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-                while _alive(pid) and time.monotonic() < deadline + 5:
+                while alive(pid) and time.monotonic() < deadline + 5:
                     time.sleep(0.1)
         self._pid_file(daemon).unlink(missing_ok=True)
 
 
 def _exe(name: str) -> str:
-    path = _which(name)
+    path = which(name)
     if path is None:
         raise SlurmError(f"{name} not found ({INSTALL_HINT})")
     return path
