@@ -12,8 +12,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from cnet.compose import compose_config
-from cnet.tools.report import main
+from cnet.tools.report import fetch_runs, main
+from cnet.tools.report_tables import load_spec
 from cnet.tools.run_files import split_ground_truth
+from tests.test_report import report_csv, tiny_sweep
 
 # Table 5's rows -> the results of each seed's run: "all" finds every object exactly (AP 100 on
 # every resample: precision and recall 1), "none" finds nothing (AP 0 on every resample)
@@ -125,3 +127,32 @@ def test_a_run_without_results_is_left_out_and_said_so(store, tmp_path):
     md = (tmp_path / "table5.md").read_text()
     assert f"Left out: deformable conv.: run {run_id[:8]} has no results_bbox.json." in md
     client.delete_run(run_id)
+
+
+@pytest.fixture(scope="module")
+def real_store(tmp_path_factory) -> tuple[Path, str]:
+    """Two real jobs of the Table 4 sweep (tests/test_report.py's tiny sweep), tracked in SQLite."""
+    tmp = tmp_path_factory.mktemp("report_ci_runs")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    tiny_sweep(tmp, uri)
+    return tmp, uri
+
+
+@pytest.mark.slow
+def test_ci_of_real_runs_is_the_interval_their_evaluation_logged(real_store):
+    """--ci re-scores each run's own results file on the same 1000 image resamples (seed 0) as its
+    evaluation did: a one-seed row's interval is the one the run logged at the end of training."""
+    import math
+
+    tmp, uri = real_store
+    runs = fetch_runs(uri)
+    spec = load_spec("table4")
+    with_ci = report_csv("table4", uri, tmp / "ci", "--ci").set_index("row")
+    for rec in runs.to_dict("records"):
+        row = next(r.name for r in spec.rows if r.config["matching"] == rec["tags.matching"])
+        logged = (100 * rec["metrics.bbox_AP_ci_low"], 100 * rec["metrics.bbox_AP_ci_high"])
+        assert (with_ci.loc[row, "AP_ci_low"], with_ci.loc[row, "AP_ci_high"]) == pytest.approx(logged), row
+    assert math.isnan(with_ci.loc["centripetal shift", "AP_vs_base"])  # the base row (AE 1D) has no run
+    md = (tmp / "ci" / "table4.md").read_text()
+    sentence = next(line for line in md.splitlines() if line.startswith("95% CI"))
+    assert "centripetal shift > center regression" in sentence  # the one pair with runs: paper 40.7 > 40.1
