@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
 import time
 from typing import Any
 
@@ -104,6 +105,7 @@ def bench_bootstrap(
     num_images: int = 5000, dets_per_image: int = 100, resamples: int = 1000, naive_resamples: int = 2
 ) -> dict[str, Any]:
     """The timings of this module's docstring, in seconds, with the setting."""
+    load = os.getloadavg()[0]  # a shared machine's figures are slower: say how busy it was
     gt, results = synthetic_coco(num_images, dets_per_image)
     t0 = time.perf_counter()
     ev = _cocoeval(gt, results, ("evaluate",))
@@ -124,6 +126,7 @@ def bench_bootstrap(
         raise RuntimeError(f"a resample's AP differs from COCOeval's on the drawn images by {max(gaps):.2e}")
     per_naive = float(np.mean(naive_s))
     return {
+        "load_average_start": load,
         "images": num_images,
         "detections": len(results),
         "objects": len(gt["annotations"]),
@@ -148,6 +151,10 @@ def to_markdown(row: dict[str, Any]) -> list[str]:
         "",
         f"## Bootstrap of COCO AP ({row['resamples']} resamples; {row['images']} images x "
         f"{row['detections'] // row['images']} detections, {row['classes']} classes, {row['objects']} objects)",
+        "",
+        "One process, `python -m cnet.tools.bench --only bootstrap`"
+        + (f"; 1-min load average {row['load_average_start']:.1f} at start" if "load_average_start" in row else "")
+        + ".",
         "",
         "| step | seconds |",
         "|---|---|",
