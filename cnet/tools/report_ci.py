@@ -47,7 +47,11 @@ def _score(run: Mapping[str, Any], iou_type: str, tmp: Path, truths: dict[Any, A
     coco = split_ground_truth(config_file, "bbox")
     key = ground_truth_key(coco)
     truths.setdefault(key, coco)
-    evaluator, _ = run_cocoeval(truths[key], json.loads(results_file.read_text()), iou_type)
+    try:
+        evaluator, _ = run_cocoeval(truths[key], json.loads(results_file.read_text()), iou_type)
+    except (ValueError, OSError) as err:  # not JSON, or detections the ground truth does not have
+        first = (str(err).strip().splitlines() or [""])[0]
+        return f"run {str(run['run_id'])[:8]}: {RESULTS} cannot be scored ({first})"
     if evaluator.stats[0] == -1:
         return f"run {str(run['run_id'])[:8]}: its ground truth has no object"
     return _Scored(key, image_matches(evaluator), 100.0 * float(evaluator.stats[0]))
