@@ -49,7 +49,8 @@ mutants: $(STAMP)
 
 # decode: median of 5 after a warm-up; adaption at COCO scale: one timed run (deformable-conv
 # backward takes minutes per module on a CPU); training images/s with 1 and 2 CPU processes; data
-# pipeline images/s at crop 511 on coco_tiny, one process one thread (--root for another COCO folder).
+# pipeline images/s at crop 511 on coco_tiny, one process one thread (--root for another COCO folder);
+# bootstrap: 1000 resamples of a COCO-sized synthetic results file vs COCOeval per resample (minutes).
 # On a GPU: `.venv/bin/python -m cnet.tools.bench --device cuda` and `-m cnet.tools.bench_train --device cuda`
 # (reports/bench_cuda.* and reports/bench_train_cuda.*), or all of `gpu-check` below.
 bench: $(STAMP)

@@ -41,7 +41,9 @@ def evaluate(
     """COCO box figures of every variant on every loader, as ``<variant><loader>_<figure>``.
 
     Besides the 12 COCO figures: ``mispair_rate``, ``mispair_fp_rate`` and ``dAP_mispair``
-    (cnet.evaluation.mispair), with per-detection categories in ``mispairs_<variant><loader>.json``.
+    (cnet.evaluation.mispair), with per-detection categories in ``mispairs_<variant><loader>.json``,
+    and with ``predictor.bootstrap`` resamples the AP's 95 % interval ``AP_ci_low`` / ``AP_ci_high``
+    (cnet.evaluation.bootstrap; -1, so not logged, where AP is -1).
 
     Loaders' datasets expose ``coco`` and ``label_to_cat_id``; each variant's detections are
     written to ``out_dir/results_<variant><loader>.json`` (with ``segmentation`` when they carry
@@ -66,14 +68,16 @@ def evaluate(
             results = detections_to_coco(ids, per_image, dataset.label_to_cat_id)
             if out_dir is not None:
                 write_results(out_dir / f"results_{tag}.json", results)
-            figures[tag] = evaluate_coco(dataset.coco, results, iou_type="bbox")
+            figures[tag] = evaluate_coco(dataset.coco, results, iou_type="bbox", bootstrap=predictor.bootstrap)
             # Wrong corner pairs (issue 15): ours-only figures beside the COCO ones.
             records = classify_results(dataset.coco, results)
             if out_dir is not None:
                 write_results(out_dir / f"mispairs_{tag}.json", records)
             figures[tag] |= mispair_figures(dataset.coco, results, records, ap_before=figures[tag]["AP"])
             if any(d.segmentations is not None for d in per_image):
-                figures[segm_tag(tag)] = evaluate_coco(dataset.coco, results, iou_type="segm")
+                figures[segm_tag(tag)] = evaluate_coco(
+                    dataset.coco, results, iou_type="segm", bootstrap=predictor.bootstrap
+                )
     metrics: dict[str, float] = {}
     if env.is_main:
         for variant in predictor.variants():
@@ -83,11 +87,18 @@ def evaluate(
                 mis = "  ".join(
                     f"{k}={figures[tag][k]:.3f}" for k in ("mispair_rate", "mispair_fp_rate", "dAP_mispair")
                 )
-                print(f"[{tag}] {header}\n{format_table(figures[tag])}\n{mis}", flush=True)
+                print(f"[{tag}] {header}\n{format_table(figures[tag])}\n{mis}{ci_text(figures[tag])}", flush=True)
                 if segm_tag(tag) in figures:
                     metrics |= {f"{segm_tag(tag)}_{k}": v for k, v in figures[segm_tag(tag)].items()}
-                    print(f"[{segm_tag(tag)}] {header}\n{format_table(figures[segm_tag(tag)])}", flush=True)
+                    table = format_table(figures[segm_tag(tag)]) + ci_text(figures[segm_tag(tag)])
+                    print(f"[{segm_tag(tag)}] {header}\n{table}", flush=True)
     return distributed.broadcast_object(metrics)
+
+
+def ci_text(figures: dict[str, float]) -> str:
+    """A line with the AP's bootstrap interval when the figures have one (``AP_ci_low`` / ``AP_ci_high``)."""
+    low, high = figures.get("AP_ci_low", -1.0), figures.get("AP_ci_high", -1.0)
+    return f"\nAP 95% interval [{low:.3f}, {high:.3f}] (image bootstrap)" if low != -1 and high != -1 else ""
 
 
 def segm_tag(tag: str) -> str:

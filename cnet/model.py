@@ -49,6 +49,11 @@ class TestConfig:
     nms_sigma: float = 0.5
     nms_min_score: float = 1e-3
     kernel: int = 3
+    bootstrap: int = 1000  # image resamples for each evaluation's AP interval (bbox_AP_ci_low/high); 0: off
+
+    def __post_init__(self) -> None:
+        if self.bootstrap < 0:
+            raise ValueError(f"test.bootstrap={self.bootstrap}: give a number of resamples >= 0 (0 turns it off)")
 
 
 def seed_everything(seed: int) -> None:
@@ -67,4 +72,4 @@ def build_predictor(model: CornerDetector, num_classes: int, test: TestConfig, p
     )  # fmt: skip
     oracle = CornerOracle(num_classes) if test.matching_only else None
     views = test_views(test.flip, test.scales, pad_logical_or)
-    return Predictor(model, postprocess, views, oracle, mask_head=model.mask_head)
+    return Predictor(model, postprocess, views, oracle, mask_head=model.mask_head, bootstrap=test.bootstrap)

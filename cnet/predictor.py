@@ -45,6 +45,8 @@ class Predictor:
             detections (variant ``"oracle_"``) from the same forward pass.
         mask_head: its ``segment`` gives the plain variant's detections their ``segmentations``
             (from ``outputs.features``); the default (no mask head) gives none.
+        bootstrap: how many image resamples the evaluation of these detections (cnet.evaluator)
+            draws for each AP's 95 % interval (``test.bootstrap``; 0: none).
     """
 
     def __init__(
@@ -54,11 +56,12 @@ class Predictor:
         views: Sequence[View],
         oracle: Oracle | None = None,
         mask_head: MaskHead = NO_MASKS,
+        bootstrap: int = 0,
     ) -> None:
         if not views:
             raise ValueError("Predictor needs at least one test-time view")
         self.model, self.postprocess, self.views, self.oracle = model, postprocess, list(views), oracle
-        self.mask_head = mask_head
+        self.mask_head, self.bootstrap = mask_head, bootstrap
 
     def variants(self) -> list[str]:
         """Detection variants a call returns: ``""`` and, with an oracle, ``"oracle_"``."""

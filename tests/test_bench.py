@@ -27,7 +27,7 @@ def test_bench_reports_every_option(tmp_path):
     out = tmp_path / "bench"
     main(
         ["--repeats", "1", "--size", "12", "--channels", "8", "--adaption-batch", "1", "--out", str(out)]
-        + ["--deform-shapes", "1x4x6x5,2x3x4x4"]
+        + ["--deform-shapes", "1x4x6x5,2x3x4x4", "--bootstrap-images", "40", "--bootstrap-resamples", "20"]
     )
     result = json.loads((tmp_path / "bench.json").read_text())
     assert {r["matching"] for r in result["decode"]} == set(options("matching"))
@@ -48,6 +48,12 @@ def test_bench_reports_every_option(tmp_path):
         assert r["ratio"] == pytest.approx(r["ms_fwd_bwd"] / conv["ms_fwd_bwd"]), r
     assert "| native | 1x4x6x5 |" in (tmp_path / "bench.md").read_text()
     assert "| fused | 2x3x4x4 |" in (tmp_path / "bench.md").read_text()
+    # bootstrap: 40 images x 100 detections, 20 resamples at once against COCOeval per resample (2 timed)
+    boot = result["bootstrap"]
+    assert (boot["images"], boot["detections"], boot["resamples"], boot["naive_timed"]) == (40, 4000, 20, 2)
+    assert boot["ratio"] == pytest.approx(boot["naive_s"] / boot["resamples_s"])
+    assert boot["naive_s"] == pytest.approx(20 * boot["naive_per_resample_s"])
+    assert "## Bootstrap of COCO AP (20 resamples; 40 images x 100 detections" in (tmp_path / "bench.md").read_text()
 
 
 def test_only_one_section_keeps_the_others(tmp_path):

@@ -74,6 +74,15 @@ def test_default_config_infers_like_the_paper():
     )  # the paper's full model (#14): centripetal shift with the cross-star module
 
 
+def test_test_bootstrap_reaches_the_predictor_and_zero_turns_it_off():
+    """``test.bootstrap``: the image resamples of each evaluation's AP interval (1000 by default),
+    handed to the predictor the evaluation reads it from; 0 turns it off, a negative count is refused."""
+    assert build_model(compose_cfg(["backbone=tiny", "adaption=none"]), 3).predictor.bootstrap == 1000
+    assert build_model(compose_cfg(["backbone=tiny", "adaption=none", "test.bootstrap=0"]), 3).predictor.bootstrap == 0
+    with pytest.raises(ValueError, match=r"test.bootstrap=-1: give a number of resamples >= 0"):
+        to_dataclass(TestConfig, compose_cfg(["test.bootstrap=-1"]).test)
+
+
 def test_build_model_seeds_each_component_from_the_seed_alone():
     """The backbone's and the heads' initial weights depend on ``seed`` only: not on the global RNG
     before the call, nor (the heads) on which backbone was built first."""

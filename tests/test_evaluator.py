@@ -46,8 +46,8 @@ def ground_truth() -> COCO:
 class StubPredictor:
     """Fixed detections of image 1 per variant (contiguous label 0 = category 5)."""
 
-    def __init__(self, variants: dict[str, Detections]) -> None:
-        self.dets = variants
+    def __init__(self, variants: dict[str, Detections], bootstrap: int = 0) -> None:
+        self.dets, self.bootstrap = variants, bootstrap
 
     def variants(self) -> list[str]:
         return list(self.dets)
@@ -77,6 +77,25 @@ def test_masks_add_the_segm_figures_beside_the_box_ones(tmp_path, capsys):
     assert "segmentation" not in json.loads((tmp_path / "results_oracle_bbox.json").read_text())[0]
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert printed == ["[bbox] epoch 3", "[segm] epoch 3", "[oracle_bbox] epoch 3"]  # variant-major
+
+
+def test_bootstrap_adds_the_ap_interval_of_each_evaluation(tmp_path, capsys):
+    """Two images with one object each, the detector finds image 1's. A resample draws image 1
+    twice (AP 1, probability 1/4), once (recall 1/2: 51 of COCO's 101 recall thresholds, AP 51/101,
+    probability 1/2) or never (AP 0, 1/4): the 95 % interval of 1000 resamples is [0, 1]."""
+    coco = ground_truth()
+    coco.dataset["images"].append({"id": 2, "width": 50, "height": 40})
+    coco.dataset["annotations"].append(coco.dataset["annotations"][0] | {"id": 2, "image_id": 2})
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    two = types.SimpleNamespace(dataset=types.SimpleNamespace(coco=coco, label_to_cat_id=[5]))
+    predictor = StubPredictor({"": detection(masks=False)}, bootstrap=1000)
+    metrics = evaluate(predictor, {"bbox": two}, torch.device("cpu"), tmp_path)  # type: ignore[arg-type]
+    assert metrics["bbox_AP"] == pytest.approx(51 / 101)
+    assert (metrics["bbox_AP_ci_low"], metrics["bbox_AP_ci_high"]) == (0.0, pytest.approx(1.0))
+    assert "AP 95% interval [0.000, 1.000]" in capsys.readouterr().out
+    off = evaluate(StubPredictor({"": detection(masks=False)}), {"bbox": two}, torch.device("cpu"))  # type: ignore[arg-type]
+    assert "bbox_AP_ci_low" not in off and off["bbox_AP"] == metrics["bbox_AP"]
 
 
 def test_segm_tag_names():

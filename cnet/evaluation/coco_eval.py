@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cnet.evaluation.bootstrap import defined, image_matches, percentile_interval, resample_weights, weighted_ap
 from cnet.files import write_text_atomic
 
 if TYPE_CHECKING:  # keeps `python -m cnet.tools.evaluate` free of the torch import
@@ -139,19 +141,9 @@ def _empty_results(coco_gt: COCO) -> COCO:
     return coco_dt
 
 
-def evaluate_coco(
-    coco_gt: COCO,
-    results: Sequence[dict[str, Any]],
-    iou_type: str = "bbox",
-    verbose: bool = False,
-) -> dict[str, float]:
-    """Run COCOeval (evaluate, accumulate, summarize) on every image of ``coco_gt``.
-
-    results: COCO result dicts (see ``detections_to_coco``); not modified.
-    Returns the 12 COCOeval.stats figures keyed by ``METRIC_NAMES``. As in COCOeval, a figure is
-    -1.0 when the ground truth has no object of that size; empty results give 0.0 elsewhere.
-    COCOeval's printed summary is captured; ``verbose=True`` writes it to stderr.
-    """
+def run_cocoeval(coco_gt: COCO, results: Sequence[dict[str, Any]], iou_type: str = "bbox") -> tuple[COCOeval, str]:
+    """COCOeval (evaluate, accumulate, summarize) of ``results`` on every image of ``coco_gt``, with
+    the text it printed. ``results`` are checked first (:func:`check_results`) and not modified."""
     check_results(coco_gt, results, iou_type)
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
@@ -167,10 +159,36 @@ def evaluate_coco(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    return evaluator, captured.getvalue()
+
+
+def evaluate_coco(
+    coco_gt: COCO,
+    results: Sequence[dict[str, Any]],
+    iou_type: str = "bbox",
+    verbose: bool = False,
+    bootstrap: int = 0,
+) -> dict[str, float]:
+    """Run COCOeval (evaluate, accumulate, summarize) on every image of ``coco_gt``.
+
+    results: COCO result dicts (see ``detections_to_coco``); not modified.
+    Returns the 12 COCOeval.stats figures keyed by ``METRIC_NAMES``. As in COCOeval, a figure is
+    -1.0 when the ground truth has no object of that size; empty results give 0.0 elsewhere.
+    ``bootstrap`` > 0 adds ``AP_ci_low`` / ``AP_ci_high``: the 95 % interval of AP over that many
+    resamples of the images (:mod:`cnet.evaluation.bootstrap`, its fixed seed; -1 where AP is -1).
+    COCOeval's printed summary is captured; ``verbose=True`` writes it to stderr.
+    """
+    evaluator, printed = run_cocoeval(coco_gt, results, iou_type)
     if verbose:
-        sys.stderr.write(captured.getvalue())
+        sys.stderr.write(printed)
     stats = np.asarray(evaluator.stats, dtype=np.float64)
-    return {name: float(v) for name, v in zip(METRIC_NAMES, stats)}
+    figures = {name: float(v) for name, v in zip(METRIC_NAMES, stats)}
+    if bootstrap > 0:
+        samples = weighted_ap(image_matches(evaluator), resample_weights(len(evaluator.params.imgIds), bootstrap))
+        low, high = percentile_interval(defined(samples["AP"]))
+        has_interval = figures["AP"] != -1 and math.isfinite(low)
+        figures |= {"AP_ci_low": low if has_interval else -1.0, "AP_ci_high": high if has_interval else -1.0}
+    return figures
 
 
 def write_results(path: str | os.PathLike[str], results: Sequence[dict[str, Any]]) -> Path:

@@ -8,6 +8,8 @@
   ``deform_conv2d`` vs the native and, on CPU, the fused implementations of cnet.adaption.deform)
   at a few shapes, the candidates interleaved within each repeat (the machine may be shared);
   ratios to plain conv.
+* bootstrap: the image-level bootstrap of COCO AP (cnet.evaluation.bootstrap) at COCO val2017's size,
+  1,000 resamples at once against COCOeval per resample (:mod:`cnet.tools.bench_bootstrap`).
 
 Each figure is the median of ``--repeats`` timed runs after one warm-up, measured in one process;
 the report also gives each option's ratio to the reference option (centripetal / none). Runs on
@@ -37,8 +39,10 @@ from cnet.matching.base import Matching
 from cnet.parts import CornerFeatures
 from cnet.postprocess import PostProcess
 from cnet.targets import encode_corners
+from cnet.tools import bench_bootstrap
 from cnet.types import Grid, GroundTruth, ImageMeta, Outputs
 
+SECTIONS = ("decode", "adaption", "deform", "bootstrap")
 REPORTS = Path("reports")  # relative to where it is started (the repository root for `make bench`)
 
 
@@ -215,6 +219,8 @@ def to_markdown(result: dict) -> str:
             f"| {r['impl']} | {r['shape']} | {r['ms_fwd_bwd']:.1f} | {r.get('ratio', float('nan')):.2f}x |"
             for r in result["deform"]
         ]
+    if result.get("bootstrap"):
+        lines += bench_bootstrap.to_markdown(result["bootstrap"])
     return "\n".join(lines) + "\n"
 
 
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", choices=["decode", "adaption", "deform"], default=None)
+    parser.add_argument("--only", choices=list(SECTIONS), default=None)
     parser.add_argument("--size", type=int, default=128, help="output-map side (COCO 511 input: 128)")
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--adaption-batch", type=int, default=6)
@@ -238,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated BxCxHxW shapes of the deform section",
     )
     parser.add_argument("--deform-repeats", type=int, default=None, help="repeats of the deform section")
+    parser.add_argument("--bootstrap-images", type=int, default=5000, help="images of the bootstrap section")
+    parser.add_argument("--bootstrap-resamples", type=int, default=1000)
+    parser.add_argument("--bootstrap-naive", type=int, default=2, help="naive resamples timed (then extrapolated)")
     parser.add_argument("--out", type=Path, default=REPORTS / "bench")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -265,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.only and json_path.exists():  # one section re-run: keep the others of the report
         previous = json.loads(json_path.read_text())
-        result |= {k: v for k, v in previous.items() if k in ("decode", "adaption", "deform") and k != args.only}
+        result |= {k: v for k, v in previous.items() if k in SECTIONS and k != args.only}
         result |= {k: v for k, v in previous.items() if k.endswith("_repeats") and not k.startswith(args.only)}
         if args.only != "decode" and "repeats" in previous:  # the decode header's repeats
             result["repeats"] = previous["repeats"]
@@ -289,6 +298,11 @@ def main(argv: list[str] | None = None) -> None:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.deform_shapes.split(",")]
         rows = bench_deform(shapes, args.deform_repeats or args.repeats, device)  # type: ignore[arg-type]
         result["deform"] = with_ratios(rows, "impl", "ms_fwd_bwd", "conv", "shape")
+        write()
+    if args.only in (None, "bootstrap"):
+        result["bootstrap"] = bench_bootstrap.bench_bootstrap(
+            args.bootstrap_images, resamples=args.bootstrap_resamples, naive_resamples=args.bootstrap_naive
+        )
         write()
     print(f"wrote {json_path} and {md_path}")
 

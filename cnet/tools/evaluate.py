@@ -51,14 +51,18 @@ def load_gt(path: Path) -> COCO:
     return coco
 
 
+def load_results(path: Path) -> list[dict[str, Any]]:
+    """A COCO results file: a JSON list of detections (InputError naming the file otherwise)."""
+    results = _load_json(path, "results")
+    if not isinstance(results, list):
+        raise InputError(f"results file {path} must hold a JSON list of detections, got {type(results).__name__}")
+    return results
+
+
 def run(gt_path: Path, results_path: Path, iou_type: str = "bbox", verbose: bool = False) -> dict[str, float]:
     """Evaluate ``results_path`` (a JSON list of COCO results) against ``gt_path``; returns the 12 figures."""
     coco_gt = load_gt(gt_path)
-    results = _load_json(results_path, "results")
-    if not isinstance(results, list):
-        raise InputError(
-            f"results file {results_path} must hold a JSON list of detections, got {type(results).__name__}"
-        )
+    results = load_results(results_path)
     try:
         return evaluate_coco(coco_gt, results, iou_type=iou_type, verbose=verbose)
     except ValueError as e:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cnet.evaluation.mispair import SCORE_THRESHOLD
+from cnet.tools.run_files import run_file
 
 GT_COLOUR = (255, 255, 255)
 COLOURS = {"tp": (40, 180, 60), "mispair": (235, 30, 30)}
@@ -108,21 +109,6 @@ def grid(panels: Sequence[Image.Image], columns: int = 3) -> Image.Image:
     return out
 
 
-def _run_file(run: dict[str, Any], name: str, tmp: Path) -> Path | None:
-    """``name`` from the run's output folder (same machine), else from its artifacts."""
-    out_dir = run.get("tags.output_dir")
-    for local in [Path(out_dir) / name, Path(out_dir) / ".hydra" / name] if isinstance(out_dir, str) else []:
-        if local.is_file():
-            return local
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        return Path(MlflowClient(run["tracking_uri"]).download_artifacts(run["run_id"], name, str(tmp)))
-    except (MlflowException, OSError):
-        return None
-
-
 def write_mispair_figure(
     rows: Sequence[tuple[str, dict[str, Any]]], split: str, path: Path, tracking_uri: str
 ) -> Path | None:
@@ -135,8 +121,8 @@ def write_mispair_figure(
     with tempfile.TemporaryDirectory() as tmp:
         for name, run in rows:
             run = run | {"tracking_uri": tracking_uri}
-            records_file = _run_file(run, f"mispairs_{split}.json", Path(tmp) / run["run_id"])
-            config_file = _run_file(run, "config.yaml", Path(tmp) / run["run_id"])
+            records_file = run_file(run, f"mispairs_{split}.json", Path(tmp) / run["run_id"])
+            config_file = run_file(run, "config.yaml", Path(tmp) / run["run_id"])
             if records_file is None or config_file is None:
                 continue
             panels.append(Panel(name, run["run_id"], json.loads(records_file.read_text())))

@@ -1,11 +1,12 @@
 """Rebuild the paper's Tables 4-6 from MLflow runs, beside the paper's numbers.
 
 ``python -m cnet.tools.report table4|table5|table6 [--tracking-uri URI] [--format md|csv|tex]
-[--experiment NAME] [--sweep-id ID] [--out-dir reports]``
+[--experiment NAME] [--sweep-id ID] [--out-dir reports] [--ci [--resamples 1000]]``
 
 Runs come from ``mlflow.search_runs`` (every experiment unless ``--experiment``) as one pandas
 DataFrame; the rows (``experiments/<table>.yaml``) and the rule that picks each cell's runs live
-in :mod:`cnet.tools.report_tables`; :mod:`cnet.tools.report_render` writes the files.
+in :mod:`cnet.tools.report_tables`; :mod:`cnet.tools.report_render` writes the files. ``--ci`` adds
+the paired image bootstrap's intervals from the runs' own results files (:mod:`cnet.tools.report_ci`).
 """
 
 from __future__ import annotations
@@ -103,7 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PAPER=OURS,...",
         help="fill the rows of a PAPER-epoch schedule with runs of OURS epochs (a short sweep: 110=6,210=12)",
     )
+    parser.add_argument(
+        "--ci",
+        action="store_true",
+        help="add each row's 95%% interval of AP and of its difference to the first row (paired image "
+        "bootstrap of the runs' results files) and say which of the paper's orderings hold",
+    )
+    parser.add_argument("--resamples", type=int, default=1000, help="image resamples of --ci (default 1000)")
     args = parser.parse_args(argv)
+    if args.resamples < 1:
+        parser.error(f"--resamples {args.resamples}: give at least 1")
 
     spec = load_spec(args.table)
     if args.epochs:
@@ -113,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: no MLflow store at {uri}: every cell is 'not run'", file=sys.stderr)
     runs = fetch_runs(uri, args.experiment, args.sweep_id)
     table = build_table(spec, runs, history_last_epoch(uri))
+    if args.ci:
+        from cnet.tools.report_ci import table_intervals  # COCOeval, Hydra and torch: only here
+
+        records = {str(r["run_id"]): r | {"tracking_uri": uri} for r in runs.to_dict("records")}
+        table.intervals = table_intervals(table, records, args.resamples)
     texts = render.write_all(table, args.out_dir)
     print(texts[args.format], end="")
     written = [args.out_dir / f"{spec.key}.{ext}" for ext in ("md", "csv", "tex", "png")]

@@ -118,13 +118,38 @@ class Cell:
         return self.state
 
 
+@dataclass(frozen=True)
+class RowInterval:
+    """A row's bootstrap intervals (percent, ``--ci``; :mod:`cnet.tools.report_ci`): of our AP, and
+    of its difference ``diff`` to the base row (the first); None where the row has no paired runs."""
+
+    ap: tuple[float, float] | None
+    diff: float | None
+    diff_ci: tuple[float, float] | None
+    note: str = ""  # runs left out, and why
+
+
+@dataclass(frozen=True)
+class TableIntervals:
+    """The intervals of a table: ``resamples`` resamples (seed ``seed``) of its ``images``
+    evaluation images, one :class:`RowInterval` per row, and the sentence on the paper's orderings."""
+
+    resamples: int
+    images: int
+    seed: int
+    rows: list[RowInterval]
+    orderings: str
+
+
 @dataclass
 class Table:
-    """A built table: the spec, one cell per row, and the title (flagged if not the paper's setting)."""
+    """A built table: the spec, one cell per row, and the title (flagged if not the paper's setting);
+    with ``--ci`` also the bootstrap intervals."""
 
     spec: TableSpec
     cells: list[Cell]
     title: str
+    intervals: TableIntervals | None = None
 
     @property
     def extra_metrics(self) -> tuple[str, ...]:

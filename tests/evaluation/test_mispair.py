@@ -181,6 +181,8 @@ def test_figures_reject_mismatched_records():
 class _StubPredictor:
     """Predictor stand-in: fixed detections (contiguous label 0 = category 3) for image 1."""
 
+    bootstrap = 0  # no AP interval
+
     def __init__(self, variants):
         self._dets = variants
 
