@@ -55,6 +55,23 @@ MUTANTS: list[Mutant] = [
         "fill[i] = float(self._mean_np[i])",
         ("tests/data/test_transform_equivalence.py",),
     ),
+    # --- sampler (which images each rank and micro-batch trains on)
+    Mutant(
+        "sampler_order_ignores_the_epoch",
+        "sampler",
+        "cnet/data/sampler.py",
+        "self.generator.manual_seed(1000003 * (epoch + 1) + seed)",
+        "self.generator.manual_seed(seed)",
+        ("tests/data/test_sampler.py",),
+    ),
+    Mutant(
+        "sampler_rank_major_slices",  # still a partition, but DDP no longer sees the accumulation's batches
+        "sampler",
+        "cnet/data/sampler.py",
+        "first = (m * w + self.rank) * b",
+        "first = (self.rank * self.accum_steps + m) * b",
+        ("tests/data/test_sampler.py",),
+    ),
     # --- targets
     Mutant(
         "corner_cell_rounds",
@@ -72,6 +89,14 @@ MUTANTS: list[Mutant] = [
         "draw_gaussian(br_heat[i, c], by, bx, radius)",
         ("tests/test_targets.py",),
     ),
+    Mutant(
+        "gaussian_radius_from_input_pixels",  # the box size in input pixels, not output cells
+        "targets",
+        "cnet/targets.py",
+        "size = (p.br - p.tl).ceil()",
+        "size = (gt.boxes[:, 2:] - gt.boxes[:, :2]).ceil()",
+        ("tests/test_targets.py",),
+    ),
     # --- matching strategies
     Mutant(
         "ae_threshold_inverted",
@@ -87,6 +112,14 @@ MUTANTS: list[Mutant] = [
         "cnet/matching/embedding.py",
         "return (tl_emb[:, :, None, :] - br_emb[:, None, :, :]).pow(2).sum(-1).sqrt()",
         "return (tl_emb[:, :, None, :] - br_emb[:, None, :, :]).abs().sum(-1)",
+        ("tests/matching/test_embedding.py",),
+    ),
+    Mutant(
+        "ae_pull_push_averaged_over_images",  # CornerNet/mmdetection sum over one process's images
+        "matching: ae1d/ae2d",
+        "cnet/matching/embedding.py",
+        "return torch.stack(pulls).sum(), torch.stack(pushes).sum()",
+        "return torch.stack(pulls).mean(), torch.stack(pushes).mean()",
         ("tests/matching/test_embedding.py",),
     ),
     Mutant(
@@ -221,6 +254,48 @@ MUTANTS: list[Mutant] = [
         '        self.br_pool = CornerPool(in_channels, pool_channels, ("top", "left"))',
         ("tests/test_detector.py",),
     ),
+    # --- gradient paths between the parts
+    Mutant(
+        "adaption_reads_detached_pools",  # matching/adaption losses no longer train pools and backbone
+        "gradient paths",
+        "cnet/detector.py",
+        "tl, br, adapted = self.adaption(tl_pool, br_pool)",
+        "tl, br, adapted = self.adaption(tl_pool.detach(), br_pool.detach())",
+        ("tests/test_detector.py",),
+    ),
+    Mutant(
+        "mask_head_reads_detached_features",  # the mask loss no longer trains the backbone
+        "gradient paths / mask_head",
+        "cnet/mask_head/centripetal_mask.py",
+        '"mask_logits": self.mask_logits(features, roi_t, label_t, input_size),',
+        '"mask_logits": self.mask_logits(features.detach(), roi_t, label_t, input_size),',
+        ("tests/test_detector.py",),
+    ),
+    # --- mask head
+    Mutant(
+        "mask_roi_align_unaligned",  # targets are cropped with the half-pixel rule, features not
+        "mask_head",
+        "cnet/mask_head/centripetal_mask.py",
+        "sampling_ratio=2, aligned=True)  # [R, C, 14, 14]",
+        "sampling_ratio=2, aligned=False)  # [R, C, 14, 14]",
+        ("tests/mask_head/test_centripetal_mask.py",),
+    ),
+    Mutant(
+        "mask_roi_scale_from_the_other_side",  # invisible on square inputs
+        "mask_head",
+        "cnet/mask_head/centripetal_mask.py",
+        "w / input_size[1], h / input_size[0], w / input_size[1], h / input_size[0]",
+        "w / input_size[0], h / input_size[1], w / input_size[0], h / input_size[1]",
+        ("tests/mask_head/test_centripetal_mask.py",),
+    ),
+    Mutant(
+        "mask_loss_sums_the_pixels",  # Eq. 8: per-pixel cross-entropy averaged, not summed
+        "mask_head",
+        "cnet/mask_head/centripetal_mask.py",
+        "F.binary_cross_entropy_with_logits(logits[matched], mask_targets[matched])",
+        'F.binary_cross_entropy_with_logits(logits[matched], mask_targets[matched], reduction="sum") / matched.sum()',
+        ("tests/mask_head/test_centripetal_mask.py",),
+    ),
     # --- criterion
     Mutant(
         "criterion_br_heat_against_tl_targets",
@@ -306,6 +381,14 @@ MUTANTS: list[Mutant] = [
         ("tests/test_views.py", "tests/test_predictor.py"),
     ),
     Mutant(
+        "scale_view_border_top_left_swapped",  # invisible on square inputs
+        "TTA / multi-scale views",
+        "cnet/views.py",
+        "top, left = out_h // 2 - rh // 2, out_w // 2 - rw // 2\n        sx, sy",
+        "left, top = out_h // 2 - rh // 2, out_w // 2 - rw // 2\n        sx, sy",
+        ("tests/test_views.py",),
+    ),
+    Mutant(
         "merge_view_index_image_major",
         "TTA",
         "cnet/predictor.py",
@@ -355,6 +438,23 @@ MUTANTS: list[Mutant] = [
         "",
         ("tests/test_trainer.py",),
     ),
+    Mutant(
+        "resume_restarts_the_step_counter",
+        "checkpoint/resume",
+        "cnet/trainer.py",
+        "self.epoch, self.step, self.batch_in_epoch = int(state.epoch), int(state.step), int(state.batch_in_epoch)",
+        "self.epoch, self.step, self.batch_in_epoch = int(state.epoch), 0, int(state.batch_in_epoch)",
+        ("tests/test_trainer.py",),
+    ),
+    # --- gradient accumulation
+    Mutant(
+        "accumulation_loss_not_divided",  # Adam hides it; a clipped or SGD step does not
+        "accumulation",
+        "cnet/trainer.py",
+        "self.scaler.scale(loss / self.accum_steps).backward()",
+        "self.scaler.scale(loss).backward()",
+        ("tests/test_trainer.py",),
+    ),
     # --- tracking
     Mutant(
         "resume_other_experiment_allowed",
@@ -380,5 +480,13 @@ MUTANTS: list[Mutant] = [
         "float(values.std(ddof=1))",
         "float(values.std(ddof=0))",
         ("tests/test_report.py",),
+    ),
+    Mutant(
+        "report_reads_box_ap_for_every_table",  # Table 3's figure is the mask AP
+        "report column selection",
+        "cnet/tools/report_tables.py",
+        'columns = {m: f"metrics.{spec.metric}_{m}" for m in METRICS}',
+        'columns = {m: f"metrics.bbox_{m}" for m in METRICS}',
+        ("tests/test_report_experiments.py",),
     ),
 ]
