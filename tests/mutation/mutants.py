@@ -65,11 +65,11 @@ MUTANTS: list[Mutant] = [
         ("tests/data/test_sampler.py",),
     ),
     Mutant(
-        "sampler_rank_major_slices",  # still a partition, but DDP no longer sees the accumulation's batches
+        "sampler_ranks_share_a_slice",  # every rank trains on the same images
         "sampler",
         "cnet/data/sampler.py",
         "first = (m * w + self.rank) * b",
-        "first = (self.rank * self.accum_steps + m) * b",
+        "first = m * w * b",
         ("tests/data/test_sampler.py",),
     ),
     # --- targets
@@ -95,6 +95,14 @@ MUTANTS: list[Mutant] = [
         "cnet/targets.py",
         "size = (p.br - p.tl).ceil()",
         "size = (gt.boxes[:, 2:] - gt.boxes[:, :2]).ceil()",
+        ("tests/test_targets.py",),
+    ),
+    Mutant(
+        "corner_cell_size_x_y_swapped",  # invisible on square grids
+        "targets",
+        "cnet/targets.py",
+        "scale = gt.boxes.new_tensor([1 / grid.ratio_x, 1 / grid.ratio_y])",
+        "scale = gt.boxes.new_tensor([1 / grid.ratio_y, 1 / grid.ratio_x])",
         ("tests/test_targets.py",),
     ),
     # --- matching strategies
@@ -329,6 +337,14 @@ MUTANTS: list[Mutant] = [
         "ti, bi = top_idx // k, top_idx % k",
         "bi, ti = top_idx // k, top_idx % k",
         ("tests/test_predictor.py",),
+    ),
+    Mutant(
+        "decoded_tl_x_y_cell_sizes_swapped",  # invisible on square inputs; test inputs are not
+        "postprocess",
+        "cnet/decode.py",
+        "tl.xs[i, t] * grid.ratio_x,\n                tl.ys[i, t] * grid.ratio_y,",
+        "tl.xs[i, t] * grid.ratio_y,\n                tl.ys[i, t] * grid.ratio_x,",
+        ("tests/matching/test_matching_contract.py",),
     ),
     Mutant(
         "top_peak_indices_row_too_short_for_heap_selection",
