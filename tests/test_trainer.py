@@ -273,30 +273,48 @@ def global_batch_gradient(model: CornerDetector, micro_batches: list[list[int]])
     return total
 
 
+def one_step(model: CornerDetector, sampler: GlobalBatchSampler, clip: float | None, out_dir: Path) -> Trainer:
+    """A Trainer (SGD, lr ``LR``, constant schedule) that has trained the first optimizer step of
+    ``sampler``'s epoch 0 on ``micro_batch_items`` (DDP-wrapped in an initialised process group)."""
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loader = DataLoader(micro_batch_items(), batch_sampler=sampler, collate_fn=collate)  # type: ignore[arg-type]
+    trainer = Trainer(
+        model, CornerSum(3, model.parts), opt, warmup_multistep(opt, 1, (), warmup_iters=0), loader, None, {},
+        TrainerConfig(batch_size=2, global_batch=4, progress=False), ScheduleConfig(epochs=1, clip_grad=clip),
+        out_dir, torch.device("cpu"),
+    )  # type: ignore[arg-type]  # fmt: skip
+    trainer.batch_sampler.set_epoch(0)
+    trainer.train_one_epoch(0)
+    assert trainer.step == 1
+    return trainer
+
+
+def expected_step(clip: float | None) -> tuple[list[torch.Tensor], float | None]:
+    """-lr x the global batch's mean gradient, clipped (``clip`` a multiple of its norm, applied by
+    clip_grad_norm_'s rule); and the absolute clip threshold."""
+    sampler = GlobalBatchSampler(4, batch_size=2, accum_steps=2)
+    sampler.set_epoch(0)
+    mean = global_batch_gradient(tiny_model(), list(sampler))
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in mean])))
+    scale = 1.0 if clip is None else min(1.0, clip * norm / (norm + 1e-6))
+    return [-LR * scale * g for g in mean], None if clip is None else clip * norm
+
+
+def assert_step(before: list[torch.Tensor], model: CornerDetector, expected: list[torch.Tensor]) -> None:
+    for p0, p, want in zip(before, model.parameters(), expected):
+        step = p.detach() - p0
+        assert (step - want).abs().max() <= 1e-4 * want.abs().max()  # float32 sums in another order
+
+
 @pytest.mark.parametrize("clip", [None, 1.5, 0.5], ids=["no-clip", "clip-above-the-norm", "clip-below-the-norm"])
 def test_an_accumulated_clipped_step_is_the_step_on_the_global_batch_mean_gradient(tmp_path, clip):
     """Two micro-batches of 2 (trainer.global_batch=4), SGD: the step must be -lr x the mean of the two
     micro-batch gradients, clipped by the norm of that mean (clip given as a multiple of it). Adam's
     steps hardly change when every gradient doubles; a clip threshold between the norm and twice it
-    (1.5) tells a summed gradient from the mean whatever the optimizer, as it would for DDP."""
+    (1.5) tells a summed gradient from the mean whatever the optimizer, as it would for DDP
+    (tests/test_distributed.py: two processes, the same step)."""
+    expected, threshold = expected_step(clip)
     model = tiny_model()
-    sampler = GlobalBatchSampler(4, batch_size=2, accum_steps=2)
-    sampler.set_epoch(0)
-    micro_batches = list(sampler)
-    mean = global_batch_gradient(model, micro_batches)
-    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in mean])))
-    scale = 1.0 if clip is None else min(1.0, clip * norm / (norm + 1e-6))  # clip_grad_norm_'s rule
     before = [p.detach().clone() for p in model.parameters()]
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    loader = DataLoader(micro_batch_items(), batch_sampler=sampler, collate_fn=collate)  # type: ignore[arg-type]
-    trainer = Trainer(
-        model, CornerSum(3, model.parts), opt, warmup_multistep(opt, 1, (), warmup_iters=0), loader, None, {},
-        TrainerConfig(batch_size=2, global_batch=4, progress=False),
-        ScheduleConfig(epochs=1, clip_grad=None if clip is None else clip * norm), tmp_path, torch.device("cpu"),
-    )  # type: ignore[arg-type]  # fmt: skip
-    trainer.batch_sampler.set_epoch(0)
-    trainer.train_one_epoch(0)
-    assert trainer.step == 1
-    for p0, p, g in zip(before, model.parameters(), mean):
-        step, want = p.detach() - p0, -LR * scale * g
-        assert (step - want).abs().max() <= 1e-4 * want.abs().max()  # float32 sums in another order
+    one_step(model, GlobalBatchSampler(4, batch_size=2, accum_steps=2), threshold, tmp_path)
+    assert_step(before, model, expected)
