@@ -130,6 +130,26 @@ def test_no_mask_gradient_before_start_epoch_then_the_head_trains():
     assert not rois.requires_grad and (rois[:, 1:] >= 0).all() and (rois[:, 1:] <= 64).all()
 
 
+def test_each_images_proposals_carry_its_batch_index_and_read_its_feature():
+    """A batch of 2 different images: the proposals with batch index i are exactly those decoded from
+    image i's maps alone (clamped to the input), and their logits read image i's feature."""
+    model = detector(start_epoch=0).train()
+    out = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    last, grid = out.levels[-1], out.grid
+    rois, head = last["mask_rois"], model.mask_head
+    assert sorted(set(rois[:, 0].tolist())) == [0.0, 1.0]
+    for i in (0, 1):
+        alone = {k: v[i : i + 1] for k, v in last.items() if not k.startswith("mask_")}
+        ((boxes, _, labels),) = head.decoder(alone, grid, head.corner_topk, head.num_proposals)
+        mine = rois[:, 0] == i
+        assert torch.equal(rois[mine, 1:], boxes.clamp(min=0).minimum(torch.tensor([64.0] * 4)))
+        assert torch.equal(last["mask_labels"][mine], labels)
+        own = rois[mine].clone()
+        own[:, 0] = 0  # the same boxes on image i's feature alone
+        logits = head.mask_logits(out.features[i : i + 1], own, labels, (64, 64))
+        torch.testing.assert_close(last["mask_logits"][mine], logits)
+
+
 def test_predicted_masks_are_probabilities_of_each_roi():
     h = head()
     rois = torch.tensor([[0.0, 2.0, 2.0, 20.0, 14.0], [0.0, 0.0, 0.0, 63.0, 63.0]])

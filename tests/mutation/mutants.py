@@ -304,6 +304,14 @@ MUTANTS: list[Mutant] = [
         'F.binary_cross_entropy_with_logits(logits[matched], mask_targets[matched], reduction="sum") / matched.sum()',
         ("tests/mask_head/test_centripetal_mask.py",),
     ),
+    Mutant(
+        "mask_proposals_all_on_image_0",  # invisible with one image per batch
+        "mask_head",
+        "cnet/mask_head/centripetal_mask.py",
+        "rois.append(torch.cat([boxes.new_full((len(boxes), 1), float(i)), boxes], dim=1))",
+        "rois.append(torch.cat([boxes.new_full((len(boxes), 1), 0.0), boxes], dim=1))",
+        ("tests/mask_head/test_centripetal_mask.py",),
+    ),
     # --- criterion
     Mutant(
         "criterion_br_heat_against_tl_targets",
