@@ -413,6 +413,14 @@ MUTANTS: list[Mutant] = [
         ("tests/test_views.py",),
     ),
     Mutant(
+        "scale_view_image_pasted_top_left_swapped",  # the pixels move, the boxes do not
+        "TTA / multi-scale views",
+        "cnet/views.py",
+        "top, left = out_h // 2 - rh // 2, out_w // 2 - rw // 2\n        out = x.new_zeros",
+        "left, top = out_h // 2 - rh // 2, out_w // 2 - rw // 2\n        out = x.new_zeros",
+        ("tests/test_views.py",),
+    ),
+    Mutant(
         "merge_view_index_image_major",
         "TTA",
         "cnet/predictor.py",
