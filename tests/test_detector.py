@@ -12,6 +12,7 @@ from cnet.adaption.none import NoAdaption
 from cnet.backbone import HourglassNet
 from cnet.criterion import CornerSum
 from cnet.detector import CornerDetector, CornerHead
+from cnet.mask_head.centripetal_mask import CentripetalMask
 from cnet.matching.centripetal import Centripetal
 from cnet.postprocess import PostProcess
 from cnet.predictor import Predictor
@@ -133,3 +134,64 @@ def test_the_detector_uses_masks_when_a_part_asks_for_them():
     assert not model.uses_masks
     model.matching.uses_masks = True  # e.g. a strategy that pairs corners by instance masks
     assert model.uses_masks
+
+
+# ---------------------------------------------------------------- gradient paths between the parts
+
+
+def parameter_groups(model: CornerDetector) -> dict[str, list[torch.nn.Parameter]]:
+    """The detector's parameters by the part that owns them (every stack's head together)."""
+    heads = list(model.heads)
+    groups: dict[str, list[torch.nn.Parameter]] = {"backbone": list(model.backbone.parameters())}
+
+    def of(*names: str) -> list[torch.nn.Parameter]:
+        return [p for h in heads for n in names for p in getattr(h, n).parameters()]
+
+    groups |= {"pools": of("tl_pool", "br_pool"), "heat": of("tl_heat", "br_heat"), "off": of("tl_off", "br_off")}
+    groups["matching"] = of("matching")
+    adaptions = [h.adaption for h in heads]
+    groups["guiding"] = [p for a in adaptions for c in (a.tl, a.br) for p in c.guiding.parameters()]
+    groups["deform"] = [p for a in adaptions for c in (a.tl, a.br) for p in (c.offset.weight, c.weight)]
+    groups["mask_head"] = list(model.mask_head.parameters())
+    return groups
+
+
+def reached_by(loss: torch.Tensor, groups: dict[str, list[torch.nn.Parameter]]) -> set[str]:
+    """The groups in which a backward from ``loss`` alone leaves some non-zero gradient."""
+    names = [name for name, params in groups.items() for _ in params]
+    params = [p for ps in groups.values() for p in ps]
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return {name for name, g in zip(names, grads) if g is not None and bool(g.abs().sum() > 0)}
+
+
+def test_each_loss_alone_trains_the_parts_it_must_and_no_others():
+    """Cross-star + centripetal shift + mask head: every corner term flows through the corner pools
+    into the backbone; the centripetal shift is predicted from the adapted (deformable) features, so
+    it trains the offsets and the deformable weights, but not the guiding branch, whose output
+    reaches the offsets detached (paper §3.2); the guiding loss trains that branch and nothing of the
+    deformable convolution; the mask loss trains the mask head and the backbone, never the corner
+    branches (its proposals are decoded without gradient)."""
+    torch.manual_seed(0)
+    backbone = HourglassNet(num_stacks=1, stage_channels=(8, 8), stage_blocks=(1, 1), stem_channels=8, feat_channels=8)
+    model = CornerDetector(
+        backbone, 3, Centripetal, CrossStar, pool_channels=8,
+        mask_head=lambda **kw: CentripetalMask(**kw, channels=8, num_proposals=4, iou_threshold=0.0),
+    ).train()  # fmt: skip
+    masks = torch.zeros(3, 31, 31, dtype=torch.bool)
+    masks[0, 4:25, 2:20], masks[1, 10:30, 15:30], masks[2, 1:15, 12:31] = True, True, True
+    boxes = torch.tensor([[2.0, 4.0, 20.0, 25.0], [15.0, 10.0, 30.0, 30.0], [12.0, 1.0, 31.0, 15.0]])
+    gt = GroundTruth(boxes, torch.tensor([0, 1, 2]), masks)  # every class: every proposal has its object
+    losses = CornerSum(3, model.parts)(model(torch.randn(1, 3, 31, 31)), [gt])
+    assert losses["mask"] > 0
+    groups = parameter_groups(model)
+    corner = {"backbone", "pools"}
+    expected = {
+        "det": corner | {"heat"},
+        "off": corner | {"off"},
+        "guiding": corner | {"guiding"},
+        "centripetal": corner | {"deform", "matching"},
+        "mask": {"backbone", "mask_head"},
+    }
+    assert set(losses) == set(expected)
+    for term, want in expected.items():
+        assert reached_by(losses[term], groups) == want, term

@@ -107,6 +107,39 @@ def test_two_process_ddp_equals_one_process_with_two_accumulation_steps(tmp_path
     assert_provenance(f"sqlite:///{tmp_path}/ddp.db", runs[0].info.run_id, 2, tmp_path / "ddp_artifacts")  # 2 ranks
 
 
+def _one_step_worker(rank: int, world: int, port: int, clip: float | None, out: str) -> None:
+    from tests.test_trainer import GlobalBatchSampler, one_step, tiny_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        model = tiny_model()
+        one_step(model, GlobalBatchSampler(4, batch_size=2, world_size=2, rank=rank), clip, Path(out))
+        torch.save([p.detach() for p in model.parameters()], Path(out) / f"params_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", [None, 1.5], ids=["no-clip", "clip-above-the-norm"])
+def test_a_clipped_ddp_step_equals_the_accumulated_one_and_the_global_batch_mean_gradient(tmp_path, clip):
+    """Two gloo processes with one micro-batch of 2 each, SGD: the step is -lr x the clipped mean
+    gradient of the 4 images, worked out apart from the trainer (clip 1.5 x its norm: a summed gradient
+    would be clipped, the mean is not), the step one process accumulating both micro-batches takes
+    (tests/test_trainer.py)."""
+    from tests.test_trainer import assert_step, expected_step, tiny_model
+
+    expected, threshold = expected_step(clip)
+    before = [p.detach() for p in tiny_model().parameters()]
+    mp.spawn(_one_step_worker, args=(2, free_port(), threshold, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):  # DDP keeps the ranks' weights equal
+        model = tiny_model()
+        with torch.no_grad():
+            for p, trained in zip(model.parameters(), torch.load(tmp_path / f"params_rank{rank}.pt")):
+                p.copy_(trained)
+        assert_step(before, model, expected)
+
+
 def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp(min=1e-12)).item() for k in a)

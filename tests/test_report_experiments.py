@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
-from test_report import CONF, PAPER, PAPER_TEXT, ROOT, TABLES
+from test_report import CONF, PAPER, PAPER_TEXT, ROOT, TABLES, run_record
 
-from cnet.tools.report_tables import METRICS, available_tables, load_spec
+from cnet.tools.report_render import to_markdown
+from cnet.tools.report_tables import METRICS, available_tables, build_table, load_spec
 
 
 @pytest.mark.parametrize("table", TABLES)
@@ -111,3 +113,25 @@ def test_empty_store_prints_the_papers_numbers_and_not_run(table, tmp_path):
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
         f"{table}.{e}" for e in ("csv", "md", "png", "tex")
     ]
+
+
+SEGM = {"AP": 0.30, "AP50": 0.52, "AP75": 0.31, "APS": 0.12, "APM": 0.33, "APL": 0.46}
+
+
+def test_table3_shows_the_mask_ap_and_table6_the_box_ap_of_the_same_run():
+    """One finished HG-104 full-model run with the mask head, box AP 0.40 in every column and other
+    mask figures: Table 3 (mask AP, ``metric: segm``) must show the segm figures x 100 and the box AP
+    only in its extra column; Table 6's CentripetalNet 210-epoch row the box figures, with the mask
+    AP as its extra."""
+    tags = {"adaption": "cross_star", "mask_head": "centripetal_mask", "backbone": "hourglass104"}
+    rec = run_record("full", 1, ap=0.40, epochs=210, schedule="paper", **tags)
+    runs = pd.DataFrame([rec | {f"metrics.segm_{m}": v for m, v in SEGM.items()}])
+    table3 = build_table(load_spec("table3"), runs, lambda run_id: 210)
+    (cell,) = table3.cells
+    assert cell.state == "ok" and [r.run_id for r in cell.used] == ["full"]
+    assert cell.mean == pytest.approx({m: 100 * v for m, v in SEGM.items()} | {"bbox_AP": 40.0})
+    assert "| CentripetalNet(single-scale) | 30.0 | 38.8 | -8.8 | 52.0 | 60.4 | -8.4 |" in to_markdown(table3)
+    table6 = build_table(load_spec("table6"), runs, lambda run_id: 210)
+    assert [c.state for c in table6.cells] == ["not run"] * 5 + ["ok"]
+    assert table6.cells[-1].mean == pytest.approx(dict.fromkeys(METRICS, 40.0) | {"segm_AP": 30.0, "segm_AP50": 52.0,
+                                                                                 "segm_AP75": 31.0})  # fmt: skip

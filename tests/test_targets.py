@@ -76,3 +76,21 @@ def test_empty_ground_truth_gives_empty_targets():
     t = encode_corners([GroundTruth.empty()], GRID, num_classes=3)
     assert t.tl_heat.sum() == 0 and t.tl_mask.sum() == 0 and t.tl_off.abs().sum() == 0
     assert math.isclose(float(encode_centripetal(t, GRID)["tl_cs"].abs().sum()), 0.0)
+
+
+def test_a_non_square_grid_with_unequal_cell_sizes_by_hand():
+    """64 x 128 input on a 16 x 16 map: a cell is 8 px wide and 4 px tall. Box (20, 7, 100, 57):
+    tl (20 / 8, 7 / 4) = (2.5, 1.75) -> cell (2, 1), offset (0.5, 0.75); br (12.5, 14.25) -> cell
+    (12, 14), offset (0.5, 0.25); centre (7.5, 8.0). Guiding shift (Eq. 7): tl (7.5 - 2, 8 - 1) =
+    (5.5, 7), br (12 - 7.5, 14 - 8) = (4.5, 6); centripetal shift (Eq. 1): log(5), log(6.25) for both
+    corners. x and y scaled by the other side's cell size would put every corner elsewhere."""
+    grid = Grid(64, 128, 16, 16)
+    gt = GroundTruth(torch.tensor([[20.0, 7.0, 100.0, 57.0]]), torch.tensor([1]))
+    t = encode_corners([gt], grid, num_classes=2)
+    assert t.tl_heat[0, 1, 1, 2] == 1 and t.br_heat[0, 1, 14, 12] == 1  # [class, row y, column x]
+    assert t.tl_heat.eq(1).sum() == 1 and t.br_heat.eq(1).sum() == 1
+    assert t.tl_off[0, :, 1, 2].tolist() == [0.5, 0.75] and t.br_off[0, :, 14, 12].tolist() == [0.5, 0.25]
+    g, cs = encode_guiding_shift(t, grid), encode_centripetal(t, grid)
+    assert g["tl_guiding"][0, :, 1, 2].tolist() == [5.5, 7.0] and g["br_guiding"][0, :, 14, 12].tolist() == [4.5, 6.0]
+    want = torch.tensor([math.log(5.0), math.log(6.25)])
+    assert torch.allclose(cs["tl_cs"][0, :, 1, 2], want) and torch.allclose(cs["br_cs"][0, :, 14, 12], want)

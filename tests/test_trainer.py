@@ -3,6 +3,7 @@ mid-epoch), NaN guard, gradient accumulation, mixed precision, channels-last and
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import signal
@@ -10,13 +11,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+from cnet.adaption.none import NoAdaption
+from cnet.backbone import HourglassNet
 from cnet.compose import build_model, compose_config
+from cnet.criterion import CornerSum
 from cnet.data import CocoDetection, SyntheticData, TestTransform, TrainTransform
+from cnet.data.collate import collate
+from cnet.data.sampler import GlobalBatchSampler
+from cnet.detector import CornerDetector
 from cnet.errors import DataError
+from cnet.matching.centripetal import Centripetal
 from cnet.run import Run
 from cnet.schedule import ScheduleConfig, warmup_multistep
 from cnet.trainer import Callback, NonFiniteLossError, Trainer, TrainerConfig, TrainState
+from cnet.types import GroundTruth, ImageMeta
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +237,84 @@ def test_resumed_trainer_continues_weights_optimizer_schedule_and_counters(tmp_p
     assert resumed.optimizer.param_groups[0]["lr"] == first.optimizer.param_groups[0]["lr"] == 0.03
     for k, v in first.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+# accumulation under clipping: one optimizer step over two micro-batches, against the gradient of
+# the global batch worked out separately (what two DDP processes all-reduce: their mean)
+LR = 0.05
+
+
+def micro_batch_items() -> list[tuple[torch.Tensor, GroundTruth, ImageMeta]]:
+    g = torch.Generator().manual_seed(0)
+    boxes = [[[2.0, 4.0, 20.0, 25.0]], [[15.0, 10.0, 30.0, 30.0], [1.0, 1.0, 12.0, 9.0]], [[5.0, 6.0, 28.0, 20.0]], []]
+    return [
+        (torch.randn(3, 31, 31, generator=g), GroundTruth(torch.tensor(b).reshape(-1, 4), torch.arange(len(b)) % 3),
+         ImageMeta(i, (31, 31), (31, 31)))
+        for i, b in enumerate(boxes)
+    ]  # fmt: skip
+
+
+def tiny_model() -> CornerDetector:
+    torch.manual_seed(0)
+    backbone = HourglassNet(num_stacks=1, stage_channels=(8, 8), stage_blocks=(1, 1), stem_channels=8, feat_channels=8)
+    return CornerDetector(backbone, 3, Centripetal, NoAdaption, pool_channels=8)
+
+
+def global_batch_gradient(model: CornerDetector, micro_batches: list[list[int]]) -> list[torch.Tensor]:
+    """Mean over the micro-batches of each one's own loss gradient, on a copy of ``model``."""
+    model, criterion, items = copy.deepcopy(model), CornerSum(3, model.parts), micro_batch_items()
+    params = list(model.parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for indices in micro_batches:
+        images, targets, _ = collate([items[i] for i in indices])
+        loss = criterion.total(criterion(model(images), targets))
+        for t, g in zip(total, torch.autograd.grad(loss, params)):
+            t += g / len(micro_batches)
+    return total
+
+
+def one_step(model: CornerDetector, sampler: GlobalBatchSampler, clip: float | None, out_dir: Path) -> Trainer:
+    """A Trainer (SGD, lr ``LR``, constant schedule) that has trained the first optimizer step of
+    ``sampler``'s epoch 0 on ``micro_batch_items`` (DDP-wrapped in an initialised process group)."""
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loader = DataLoader(micro_batch_items(), batch_sampler=sampler, collate_fn=collate)  # type: ignore[arg-type]
+    trainer = Trainer(
+        model, CornerSum(3, model.parts), opt, warmup_multistep(opt, 1, (), warmup_iters=0), loader, None, {},
+        TrainerConfig(batch_size=2, global_batch=4, progress=False), ScheduleConfig(epochs=1, clip_grad=clip),
+        out_dir, torch.device("cpu"),
+    )  # type: ignore[arg-type]  # fmt: skip
+    trainer.batch_sampler.set_epoch(0)
+    trainer.train_one_epoch(0)
+    assert trainer.step == 1
+    return trainer
+
+
+def expected_step(clip: float | None) -> tuple[list[torch.Tensor], float | None]:
+    """-lr x the global batch's mean gradient, clipped (``clip`` a multiple of its norm, applied by
+    clip_grad_norm_'s rule); and the absolute clip threshold."""
+    sampler = GlobalBatchSampler(4, batch_size=2, accum_steps=2)
+    sampler.set_epoch(0)
+    mean = global_batch_gradient(tiny_model(), list(sampler))
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in mean])))
+    scale = 1.0 if clip is None else min(1.0, clip * norm / (norm + 1e-6))
+    return [-LR * scale * g for g in mean], None if clip is None else clip * norm
+
+
+def assert_step(before: list[torch.Tensor], model: CornerDetector, expected: list[torch.Tensor]) -> None:
+    for p0, p, want in zip(before, model.parameters(), expected):
+        step = p.detach() - p0
+        assert (step - want).abs().max() <= 1e-4 * want.abs().max()  # float32 sums in another order
+
+
+@pytest.mark.parametrize("clip", [None, 1.5, 0.5], ids=["no-clip", "clip-above-the-norm", "clip-below-the-norm"])
+def test_an_accumulated_clipped_step_is_the_step_on_the_global_batch_mean_gradient(tmp_path, clip):
+    """Two micro-batches of 2 (trainer.global_batch=4), SGD: the step must be -lr x the mean of the two
+    micro-batch gradients, clipped by the norm of that mean (clip given as a multiple of it). Adam's
+    steps hardly change when every gradient doubles; a clip threshold between the norm and twice it
+    (1.5) tells a summed gradient from the mean whatever the optimizer, as it would for DDP
+    (tests/test_distributed.py: two processes, the same step)."""
+    expected, threshold = expected_step(clip)
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    one_step(model, GlobalBatchSampler(4, batch_size=2, accum_steps=2), threshold, tmp_path)
+    assert_step(before, model, expected)

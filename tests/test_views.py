@@ -46,6 +46,26 @@ def test_scale_view_maps_boxes_and_back(scale, flip):
     torch.testing.assert_close(back, boxes, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("scale", [0.5, 0.75, 1.25, 1.5])
+@pytest.mark.parametrize("flip", [False, True])
+def test_scale_view_puts_a_box_where_its_pixels_go_on_a_non_square_input(scale, flip):
+    """A 127 x 255 input (already |127, wider than tall) whose only bright pixels are the box
+    x in [40, 120), y in [20, 60) (off-centre: a mirror moves it): in the view its pixels must lie
+    where ``apply_boxes`` puts the box, found from the view's pixels alone (bilinear edges cross 0.5
+    at the scaled edge; +-1 px for pixel rounding), and ``invert`` brings that found box back."""
+    size = (127, 255)
+    x = torch.zeros(1, 3, *size)
+    x[..., 20:60, 40:120] = 1.0
+    view = Scale(scale, 127, flip)
+    out = view.apply(x)[0, 0]
+    assert tuple(out.shape) == view.output_size(size)
+    rows, cols = (out > 0.5).any(1).nonzero()[:, 0], (out > 0.5).any(0).nonzero()[:, 0]
+    found = torch.tensor([[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]], dtype=torch.float32)
+    box = torch.tensor([[40.0, 20.0, 120.0, 60.0]])
+    torch.testing.assert_close(view.apply_boxes(box, size), found, atol=1.0, rtol=0)
+    torch.testing.assert_close(view.invert(found, size), box, atol=1.0 / scale, rtol=0)
+
+
 def test_scale_one_view_is_the_plain_input():
     x = image()
     assert torch.equal(Scale(1.0, 127).apply(x), x) and torch.equal(Scale(1.0, 127, flip=True).apply(x), x.flip(-1))

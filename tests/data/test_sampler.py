@@ -22,6 +22,18 @@ def test_two_ranks_see_what_one_process_sees_over_two_accumulation_steps():
     assert len(set(flat)) == len(flat) == 48  # no image twice in an epoch
 
 
+def test_two_ranks_accumulating_two_steps_train_each_step_on_one_process_micro_batches():
+    """World 2 x 2 accumulation steps against world 1 x 4: every optimizer step gets the same four
+    micro-batches of 2 (same images, same BatchNorm groups), so DDP's step equals accumulation's."""
+    single = micro_batches(1, 4, 0)
+    ranks = [micro_batches(2, 2, r) for r in (0, 1)]
+    assert len(single) == 2 * len(ranks[0]) == 24  # 50 // 8 = 6 steps
+    for step in range(6):
+        one = sorted(tuple(mb) for mb in single[4 * step : 4 * step + 4])
+        two = sorted(tuple(mb) for r in ranks for mb in r[2 * step : 2 * step + 2])
+        assert one == two, step
+
+
 def test_order_depends_on_epoch_and_seed_only():
     assert micro_batches(1, 1, 0, epoch=3) == micro_batches(1, 1, 0, epoch=3)
     assert micro_batches(1, 1, 0, epoch=3) != micro_batches(1, 1, 0, epoch=4)

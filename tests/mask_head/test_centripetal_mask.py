@@ -130,6 +130,26 @@ def test_no_mask_gradient_before_start_epoch_then_the_head_trains():
     assert not rois.requires_grad and (rois[:, 1:] >= 0).all() and (rois[:, 1:] <= 64).all()
 
 
+def test_each_images_proposals_carry_its_batch_index_and_read_its_feature():
+    """A batch of 2 different images: the proposals with batch index i are exactly those decoded from
+    image i's maps alone (clamped to the input), and their logits read image i's feature."""
+    model = detector(start_epoch=0).train()
+    out = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    last, grid = out.levels[-1], out.grid
+    rois, head = last["mask_rois"], model.mask_head
+    assert sorted(set(rois[:, 0].tolist())) == [0.0, 1.0]
+    for i in (0, 1):
+        alone = {k: v[i : i + 1] for k, v in last.items() if not k.startswith("mask_")}
+        ((boxes, _, labels),) = head.decoder(alone, grid, head.corner_topk, head.num_proposals)
+        mine = rois[:, 0] == i
+        assert torch.equal(rois[mine, 1:], boxes.clamp(min=0).minimum(torch.tensor([64.0] * 4)))
+        assert torch.equal(last["mask_labels"][mine], labels)
+        own = rois[mine].clone()
+        own[:, 0] = 0  # the same boxes on image i's feature alone
+        logits = head.mask_logits(out.features[i : i + 1], own, labels, (64, 64))
+        torch.testing.assert_close(last["mask_logits"][mine], logits)
+
+
 def test_predicted_masks_are_probabilities_of_each_roi():
     h = head()
     rois = torch.tensor([[0.0, 2.0, 2.0, 20.0, 14.0], [0.0, 0.0, 0.0, 63.0, 63.0]])
@@ -143,3 +163,69 @@ def test_the_detector_gives_the_head_its_last_stacks_decoder_outside_the_state_d
     assert not [k for k in model.state_dict() if "decoder" in k]  # the matching is saved once, in its head
     with pytest.raises(ValueError, match="without a proposal decoder"):
         head()(torch.randn(1, C, 16, 16), {}, Grid(64, 64, 16, 16))  # built outside a detector
+
+
+# ---------------------------------------------------------------- geometry on non-square inputs
+
+
+def identity_head(channels: int, gain: float = 1.0, bias: float = 0.0) -> CentripetalMask:
+    """A head with no 3x3 convs whose class-c logit is ``gain * feature channel c + bias`` at the
+    RoIAligned point, each 14x14 cell repeated 2x2 by the transposed conv (features >= 0)."""
+    h = CentripetalMask(channels, channels, num_convs=0)
+    with torch.no_grad():
+        h.upsample.weight.zero_()  # [in, out, 2, 2]
+        h.predictor.weight.zero_()  # [out, in, 1, 1]
+        for c in range(channels):
+            h.upsample.weight[c, c] = 1.0
+            h.predictor.weight[c, c] = gain
+        h.upsample.bias.zero_()
+        h.predictor.bias.fill_(bias)
+    return h
+
+
+def test_roi_align_samples_the_half_pixel_aligned_bin_centres_of_a_non_square_input():
+    """Feature channel 0 holds its column index x, channel 1 its row index y, so a bilinear sample
+    returns its own position and the class-0/1 logits are the (averaged) sampling points' x / y.
+    Cell (j, i) of the 12 x 20 map covers input pixels [4j, 4j + 4) x [4i, 4i + 4) of the 48 x 80 input:
+    its centre is at input x = 4j + 2, so input x lies at cell coordinate x / 4 - 0.5. Bin u of the 14
+    across box (8, 12, 64, 40) is centred at input x = 8 + (u + 0.5) * 56 / 14 = 10 + 4u, i.e. cell
+    2 + u, and at input y = 12 + (u + 0.5) * 28 / 14 = 13 + 2u, i.e. cell 2.75 + 0.5u (by hand; without
+    the half-pixel rule every point is 0.5 cell further on, with x and y scales taken from the wrong
+    side of the input they run 80/48 or 48/80 times as fast)."""
+    ys, xs = torch.meshgrid(torch.arange(12.0), torch.arange(20.0), indexing="ij")
+    features = torch.stack([xs, ys])[None]  # [1, 2, 12, 20]
+    rois = torch.tensor([[0.0, 8.0, 12.0, 64.0, 40.0]] * 2)
+    logits = identity_head(2).mask_logits(features, rois, torch.tensor([0, 1]), (48, 80))  # [2, 28, 28]
+    u = torch.arange(14.0)
+    want_x = (2 + u).repeat_interleave(2)  # each of the 14 bins is 2 of the 28 mask columns
+    want_y = (2.75 + 0.5 * u).repeat_interleave(2)
+    torch.testing.assert_close(logits[0], want_x[None, :].expand(28, 28), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[1], want_y[:, None].expand(28, 28), atol=1e-5, rtol=0)
+
+
+def test_predicted_mask_of_a_known_object_on_a_non_square_image_pastes_back_onto_it():
+    """A 56 x 88 image at border (top 4, left 8) of a 64 x 96 input holds one rectangle, x in [8, 56)
+    and y in [8, 32) original px = input [16, 64) x [12, 36) = cells [4, 16) x [3, 9) of the 16 x 24
+    feature, which is 1 there and 0 elsewhere (the mirrored view's feature is its mirror; the object is
+    off-centre, so a view mapped back the wrong way would miss it). A head whose logit is
+    20 * (feature - 0.5) predicts it. The detection box, input (12, 9, 68, 51), has 14 bins of 4 x 3 px
+    whose edges fall on the object's, where the bilinear feature crosses 0.5: the bins either side
+    average 0.125 / 0.875 (x) and 0.16 / 0.84 (y), symmetric about 0.5, so the pasted mask's edges are
+    the object's and its IoU with the rectangle is 1. Unaligned RoIAlign moves the mask 2 px (IoU
+    0.79); x and y scales taken from the wrong side of the input miss most of it (0.34)."""
+    from cnet.masks import decode_rle
+    from cnet.types import Detections, ImageMeta, Outputs
+    from cnet.views import HFlip, Identity, ViewPass
+
+    feature = torch.zeros(1, 16, 24)
+    feature[0, 3:9, 4:16] = 1.0
+    features = torch.stack([feature, feature.flip(-1)])  # [2 views, 1, 16, 24], view-major
+    passes = [ViewPass([Identity(), HFlip()], Outputs([{}], (64, 96), features=features))]
+    meta = ImageMeta(1, orig_size=(56, 88), input_size=(64, 96), border=(4.0, 8.0))
+    det = Detections(torch.tensor([[4.0, 5.0, 60.0, 47.0]]), torch.ones(1), torch.zeros(1, dtype=torch.int64))
+    (rles,) = identity_head(1, gain=20.0, bias=-10.0).segment(passes, (64, 96), [det], [meta])
+    mask = decode_rle(rles, (56, 88))[0]
+    truth = torch.zeros(56, 88, dtype=torch.bool)
+    truth[8:32, 8:56] = True
+    iou = float((mask & truth).sum() / (mask | truth).sum())
+    assert iou > 0.99, iou

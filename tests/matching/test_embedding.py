@@ -73,7 +73,7 @@ def test_one_object_pulls_but_never_pushes(dim):
 
 
 @pytest.mark.parametrize("margin", [1.0, 1.5])
-def test_push_by_hand_and_averaged_over_images_with_objects(margin):
+def test_push_by_hand_and_an_image_without_objects_adds_nothing(margin):
     two = _gt([[4.0, 8.0, 40.0, 30.0], [20.0, 22.0, 60.0, 62.0]])
     t = encode_embedding_targets(encode_corners([two, GroundTruth.empty()], GRID, 1))
     same = torch.full((2, 1, 16, 16), 0.7)
@@ -89,6 +89,28 @@ def test_push_by_hand_and_averaged_over_images_with_objects(margin):
     # tl 0 / br 0.4 on object 1: mean 0.2, pull = (0.2^2 + 0.2^2) / 2 objects = 0.04
     pull, _ = embedding_loss(torch.zeros(2, 1, 16, 16), br, t, 1.0)
     assert pull.item() == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("cls", [AE1D, AE2D])
+def test_pull_and_push_are_summed_over_the_images_of_the_batch(cls):
+    """Two images, both with objects, worked by hand (margin 1; the embeddings on axis 0):
+
+    image 0, two objects: tl/br 0.2/0.4 (mean 0.3, pull 0.1^2 + 0.1^2 = 0.02) and 1.0/1.0 (mean 1,
+    pull 0): pull (0.02 + 0) / 2 = 0.01; the means are 0.7 apart: push 2 x relu(1 - 0.7) / (2 x 1) = 0.3.
+    image 1, one object: tl/br 0.0/0.6 (mean 0.3): pull 0.3^2 + 0.3^2 = 0.18, push 0.
+    The batch (one process's images, as CornerNet and mmdetection): pull 0.01 + 0.18 = 0.19, push 0.3
+    (their mean over the images would be 0.095 and 0.15).
+    """
+    gts = [_gt([[4.0, 8.0, 40.0, 30.0], [20.0, 22.0, 60.0, 62.0]]), _gt([[8.0, 4.0, 33.0, 50.0]])]
+    corners = encode_corners(gts, GRID, 1)
+    t = encode_embedding_targets(corners)
+    tl, br = torch.zeros(2, cls.dim, 16, 16), torch.zeros(2, cls.dim, 16, 16)
+    for (i, k), (tl_value, br_value) in {(0, 0): (0.2, 0.4), (0, 1): (1.0, 1.0), (1, 0): (0.0, 0.6)}.items():
+        tl.view(2, cls.dim, -1)[i, 0, t["ae_tl_inds"][i, k]] = tl_value
+        br.view(2, cls.dim, -1)[i, 0, t["ae_br_inds"][i, k]] = br_value
+    losses = cls(4, 1).loss({"tl_emb": tl, "br_emb": br}, t, corners)
+    assert losses["pull"].item() == pytest.approx(0.19)
+    assert losses["push"].item() == pytest.approx(0.3)
 
 
 def _one_pair(tl_value: list[float], br_value: list[float]):

@@ -45,11 +45,18 @@ def scenes() -> dict[str, tuple[Grid, GroundTruth]]:
         torch.tensor([[x, y, x + 30.0, y + 30.0] for x, y in xy]).clamp(max=128),
         torch.zeros(len(xy), dtype=torch.int64),
     )
-    return {"several": (grid, several), "crowd": (grid, crowd)}
+    # a test-time input (|127) twice as wide as tall: its cells are 767/192 px wide, 383/96 px tall
+    wide = GroundTruth(
+        torch.tensor([[20.0, 30.0, 300.0, 200.0], [350.0, 40.0, 700.0, 370.0], [100.0, 250.0, 260.0, 380.0],
+                      [500.0, 10.0, 760.0, 120.0]]),
+        torch.tensor([0, 2, 1, 0]),
+    )  # fmt: skip
+    return {"several": (grid, several), "crowd": (grid, crowd), "wide": (Grid(383, 767, 96, 192), wide)}
 
 
-def perfect_outputs(matching, gt: GroundTruth, grid: Grid, num_classes: int) -> Outputs:
-    corners = encode_corners([gt], grid, num_classes)
+def perfect_outputs(matching, gt: GroundTruth | list[GroundTruth], grid: Grid, num_classes: int) -> Outputs:
+    """The targets of ``gt`` (one image, or a batch) as logits and maps: what a perfect model predicts."""
+    corners = encode_corners(gt if isinstance(gt, list) else [gt], grid, num_classes)
     eps = 1e-6
     logit = lambda h: torch.logit(h.clamp(eps, 1 - eps))  # noqa: E731
     level = {
@@ -63,7 +70,7 @@ def perfect_outputs(matching, gt: GroundTruth, grid: Grid, num_classes: int) -> 
 
 
 @pytest.mark.parametrize("name", OPTIONS)
-@pytest.mark.parametrize("scene", ["several", "crowd"])
+@pytest.mark.parametrize("scene", ["several", "crowd", "wide"])
 def test_round_trip_recovers_ground_truth(name, scene):
     grid, gt = scenes()[scene]
     matching = build(name)
@@ -79,8 +86,22 @@ def test_round_trip_recovers_ground_truth(name, scene):
     assert (best_iou > 0.999).all()
     assert (det.scores[best] > 0.5).all()  # soft-NMS decays look-alike neighbours a little
     assert torch.equal(det.labels[best], gt.labels)
-    if scene == "several":  # no look-alike neighbours: the n best detections are exactly the GT
+    if scene != "crowd":  # no look-alike neighbours: the n best detections are exactly the GT
         assert (iou[:n].max(dim=1).values > 0.999).all()
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_round_trip_of_a_batch_gives_each_image_its_own_boxes(name):
+    """Two images of different scenes in one batch: each image's detections are its own objects."""
+    grid, several = scenes()["several"]
+    mirrored = GroundTruth(torch.stack([128 - several.boxes[:, 2], several.boxes[:, 1], 128 - several.boxes[:, 0],
+                                        several.boxes[:, 3]], 1)[:3], several.labels[:3])  # fmt: skip
+    matching = build(name)
+    out = perfect_outputs(matching, [several, mirrored], grid, 3)
+    metas = [ImageMeta(i, (grid.in_h, grid.in_w), (grid.in_h, grid.in_w)) for i in range(2)]
+    for det, gt in zip(PostProcess(matching, corner_topk=100)(out, metas), [several, mirrored]):
+        iou = box_iou(det.boxes, gt.boxes)
+        assert (iou.max(dim=0).values > 0.999).all() and (iou[: len(gt)].max(dim=1).values > 0.999).all()
 
 
 @pytest.mark.parametrize("name", OPTIONS)

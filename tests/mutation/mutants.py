@@ -8,20 +8,12 @@ pass). Every component of the package has at least one entry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from mutant import Mutant
+from mutants_runtime import RUNTIME_MUTANTS
 
+__all__ = ["MUTANTS", "Mutant"]
 
-@dataclass(frozen=True)
-class Mutant:
-    name: str
-    component: str
-    file: str
-    old: str
-    new: str
-    tests: tuple[str, ...] = ()
-
-
-MUTANTS: list[Mutant] = [
+MODEL_MUTANTS: list[Mutant] = [
     # --- data transforms
     Mutant(
         "train_flip_keeps_x_order",
@@ -72,6 +64,22 @@ MUTANTS: list[Mutant] = [
         "draw_gaussian(br_heat[i, c], by, bx, radius)",
         ("tests/test_targets.py",),
     ),
+    Mutant(
+        "gaussian_radius_from_input_pixels",  # the box size in input pixels, not output cells
+        "targets",
+        "cnet/targets.py",
+        "size = (p.br - p.tl).ceil()",
+        "size = (gt.boxes[:, 2:] - gt.boxes[:, :2]).ceil()",
+        ("tests/test_targets.py",),
+    ),
+    Mutant(
+        "corner_cell_size_x_y_swapped",  # invisible on square grids
+        "targets",
+        "cnet/targets.py",
+        "scale = gt.boxes.new_tensor([1 / grid.ratio_x, 1 / grid.ratio_y])",
+        "scale = gt.boxes.new_tensor([1 / grid.ratio_y, 1 / grid.ratio_x])",
+        ("tests/test_targets.py",),
+    ),
     # --- matching strategies
     Mutant(
         "ae_threshold_inverted",
@@ -87,6 +95,14 @@ MUTANTS: list[Mutant] = [
         "cnet/matching/embedding.py",
         "return (tl_emb[:, :, None, :] - br_emb[:, None, :, :]).pow(2).sum(-1).sqrt()",
         "return (tl_emb[:, :, None, :] - br_emb[:, None, :, :]).abs().sum(-1)",
+        ("tests/matching/test_embedding.py",),
+    ),
+    Mutant(
+        "ae_pull_push_averaged_over_images",  # CornerNet/mmdetection sum over one process's images
+        "matching: ae1d/ae2d",
+        "cnet/matching/embedding.py",
+        "return torch.stack(pulls).sum(), torch.stack(pushes).sum()",
+        "return torch.stack(pulls).mean(), torch.stack(pushes).mean()",
         ("tests/matching/test_embedding.py",),
     ),
     Mutant(
@@ -221,6 +237,56 @@ MUTANTS: list[Mutant] = [
         '        self.br_pool = CornerPool(in_channels, pool_channels, ("top", "left"))',
         ("tests/test_detector.py",),
     ),
+    # --- gradient paths between the parts
+    Mutant(
+        "adaption_reads_detached_pools",  # matching/adaption losses no longer train pools and backbone
+        "gradient paths",
+        "cnet/detector.py",
+        "tl, br, adapted = self.adaption(tl_pool, br_pool)",
+        "tl, br, adapted = self.adaption(tl_pool.detach(), br_pool.detach())",
+        ("tests/test_detector.py",),
+    ),
+    Mutant(
+        "mask_head_reads_detached_features",  # the mask loss no longer trains the backbone
+        "gradient paths / mask_head",
+        "cnet/mask_head/centripetal_mask.py",
+        '"mask_logits": self.mask_logits(features, roi_t, label_t, input_size),',
+        '"mask_logits": self.mask_logits(features.detach(), roi_t, label_t, input_size),',
+        ("tests/test_detector.py",),
+    ),
+    # --- mask head
+    Mutant(
+        "mask_roi_align_unaligned",  # targets are cropped with the half-pixel rule, features not
+        "mask_head",
+        "cnet/mask_head/centripetal_mask.py",
+        "sampling_ratio=2, aligned=True)  # [R, C, 14, 14]",
+        "sampling_ratio=2, aligned=False)  # [R, C, 14, 14]",
+        ("tests/mask_head/test_centripetal_mask.py",),
+    ),
+    Mutant(
+        "mask_roi_scale_from_the_other_side",  # invisible on square inputs
+        "mask_head",
+        "cnet/mask_head/centripetal_mask.py",
+        "w / input_size[1], h / input_size[0], w / input_size[1], h / input_size[0]",
+        "w / input_size[0], h / input_size[1], w / input_size[0], h / input_size[1]",
+        ("tests/mask_head/test_centripetal_mask.py",),
+    ),
+    Mutant(
+        "mask_loss_sums_the_pixels",  # Eq. 8: per-pixel cross-entropy averaged, not summed
+        "mask_head",
+        "cnet/mask_head/centripetal_mask.py",
+        "F.binary_cross_entropy_with_logits(logits[matched], mask_targets[matched])",
+        'F.binary_cross_entropy_with_logits(logits[matched], mask_targets[matched], reduction="sum") / matched.sum()',
+        ("tests/mask_head/test_centripetal_mask.py",),
+    ),
+    Mutant(
+        "mask_proposals_all_on_image_0",  # invisible with one image per batch
+        "mask_head",
+        "cnet/mask_head/centripetal_mask.py",
+        "rois.append(torch.cat([boxes.new_full((len(boxes), 1), float(i)), boxes], dim=1))",
+        "rois.append(torch.cat([boxes.new_full((len(boxes), 1), 0.0), boxes], dim=1))",
+        ("tests/mask_head/test_centripetal_mask.py",),
+    ),
     # --- criterion
     Mutant(
         "criterion_br_heat_against_tl_targets",
@@ -256,6 +322,14 @@ MUTANTS: list[Mutant] = [
         ("tests/test_predictor.py",),
     ),
     Mutant(
+        "decoded_tl_x_y_cell_sizes_swapped",  # invisible on square inputs; test inputs are not
+        "postprocess",
+        "cnet/decode.py",
+        "tl.xs[i, t] * grid.ratio_x,\n                tl.ys[i, t] * grid.ratio_y,",
+        "tl.xs[i, t] * grid.ratio_y,\n                tl.ys[i, t] * grid.ratio_x,",
+        ("tests/matching/test_matching_contract.py",),
+    ),
+    Mutant(
         "top_peak_indices_row_too_short_for_heap_selection",
         "postprocess",
         "cnet/peaks.py",
@@ -287,98 +361,7 @@ MUTANTS: list[Mutant] = [
         "nms_sigma: 0.05",
         ("tests/test_configs.py",),
     ),
-    # --- test-time augmentation (predictor views)
-    Mutant(
-        "mirror_keeps_x_order",
-        "TTA",
-        "cnet/ops.py",
-        "[width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]]",
-        "[width - boxes[:, 0], boxes[:, 1], width - boxes[:, 2], boxes[:, 3]]",
-        ("tests/test_views.py", "tests/test_predictor.py"),
-    ),
-    Mutant(
-        "hflip_invert_is_identity",
-        "TTA",
-        "cnet/views.py",
-        "    def invert(self, boxes: Tensor, input_size: tuple[int, int]) -> Tensor:\n"
-        "        return mirror_boxes(boxes, input_size[1])",
-        "    def invert(self, boxes: Tensor, input_size: tuple[int, int]) -> Tensor:\n        return boxes",
-        ("tests/test_views.py", "tests/test_predictor.py"),
-    ),
-    Mutant(
-        "merge_view_index_image_major",
-        "TTA",
-        "cnet/predictor.py",
-        "for c in cands[v * b : (v + 1) * b]]",
-        "for c in cands[v :: len(views)]]",
-        ("tests/test_predictor.py",),
-    ),
-    Mutant(
-        "mask_view_map_not_mapped_back",
-        "TTA / mask_head",
-        "cnet/mask_head/inference.py",
-        "probs = view.invert_masks(predict(outputs.features, rois, det.labels, outputs.input_size))",
-        "probs = predict(outputs.features, rois, det.labels, outputs.input_size)",
-        ("tests/mask_head/test_inference.py",),
-    ),
-    Mutant(
-        "oracle_not_mirrored",
-        "TTA / oracle",
-        "cnet/predictor.py",
-        "GroundTruth(view.apply_boxes(t.boxes, size), t.labels)",
-        "GroundTruth(t.boxes, t.labels)",
-        ("tests/test_oracle.py",),
-    ),
-    # --- schedule
-    Mutant(
-        "schedule_no_step_decay",
-        "schedule",
-        "cnet/schedule.py",
-        "return warm * gamma ** sum(it >= s for s in steps)",
-        "return warm",
-        ("tests/test_schedule.py",),
-    ),
-    Mutant(
-        "schedule_warmup_flat",
-        "schedule",
-        "cnet/schedule.py",
-        "warm = warmup_ratio + (1 - warmup_ratio) * it / warmup_iters",
-        "warm = warmup_ratio",
-        ("tests/test_schedule.py",),
-    ),
-    # --- checkpoint / resume
-    Mutant(
-        "resume_forgets_scheduler",
-        "checkpoint/resume",
-        "cnet/trainer.py",
-        "        self.scheduler.load_state_dict(state.scheduler)\n",
-        "",
-        ("tests/test_trainer.py",),
-    ),
-    # --- tracking
-    Mutant(
-        "resume_other_experiment_allowed",
-        "tracking",
-        "cnet/tracking.py",
-        "if run.info.experiment_id != self._experiment_id:",
-        "if run.info.experiment_id != run.info.experiment_id:",
-        ("tests/test_tracking.py",),
-    ),
-    Mutant(
-        "resume_deleted_run_allowed",
-        "tracking",
-        "cnet/tracking.py",
-        'if run.info.lifecycle_stage == "deleted":',
-        'if run.info.lifecycle_stage == "removed":',
-        ("tests/test_tracking.py",),
-    ),
-    # --- report
-    Mutant(
-        "report_population_std",
-        "report",
-        "cnet/tools/report_tables.py",
-        "float(values.std(ddof=1))",
-        "float(values.std(ddof=0))",
-        ("tests/test_report.py",),
-    ),
 ]
+
+# every curated mutant: the model side here, the run-time side in mutants_runtime.py
+MUTANTS: list[Mutant] = MODEL_MUTANTS + RUNTIME_MUTANTS

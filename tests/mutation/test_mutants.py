@@ -28,5 +28,7 @@ def test_names_are_unique_and_components_are_covered():
         assert part in components, part
     for part in ("none", "cross_star", "dcn", "roi_conv", "criterion", "postprocess", "NMS", "TTA", "schedule"):
         assert part in components, part
-    for part in ("checkpoint", "tracking", "report"):
+    for part in ("checkpoint", "tracking", "report", "mask_head", "gradient paths", "multi-scale views", "sampler"):
+        assert part in components, part
+    for part in ("accumulation", "report column selection"):
         assert part in components, part
