@@ -132,6 +132,7 @@ class Run:
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         train_set = self._train_set(data, train_transform, val_sets["bbox"])
         self.train_annotations = Path(train_set.ann_file)  # what the run trained on (tracked as its dataset)
+        self.train_set, self.val_sets = train_set, val_sets
         self.train_loader, sampler = self._train_loader(train_set, trainer, seed)
         self.val_loaders = {k: eval_loader(v, trainer.num_workers) for k, v in val_sets.items()}
         self.optimizer, self.scheduler = self._optimizer(optimizer, schedule, sampler.steps_per_epoch)

@@ -339,6 +339,16 @@ class Trainer:
                 cb.on_evaluate(self, self.epoch, self.metrics)
         return self.metrics
 
+    def _evaluate_between_epochs(self) -> None:
+        """An evaluation during training that leaves the training as it was: the global RNG states
+        are restored afterwards (every eval loader draws its base seed from torch's), so the weights,
+        the data order and the final checkpoint do not depend on ``eval_every``."""
+        state = rng_state()
+        try:
+            self.evaluate()
+        finally:
+            set_rng_state(state)
+
     @property
     def accum_steps(self) -> int:
         return self.batch_sampler.accum_steps
@@ -371,7 +381,7 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_train_epoch_end(self, self.epoch, logs)
             if self.config.eval_every and self.epoch % self.config.eval_every == 0 and self.epoch < self.epochs:
-                self.evaluate()
+                self._evaluate_between_epochs()
             self.save()
             if self.env.is_main:
                 for cb in self.callbacks:
