@@ -188,7 +188,7 @@ def name_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     default_choices = _default_choices()
     groups = [o for o in parsed if "." not in o.key_or_group and (CONFIG_DIR / o.key_or_group).is_dir()]
-    base = compose_config([o.input_line for o in groups])
+    base = compose_config([str(o.input_line) for o in groups])
     shown: list[str] = []
     for ov in parsed:
         key = ov.key_or_group
@@ -208,7 +208,7 @@ def name_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
 
 def _default_choices() -> dict[str, str]:
     """``conf/config.yaml``'s defaults list: group -> option."""
-    defaults = OmegaConf.load(CONFIG_DIR / "config.yaml").get("defaults", [])
+    defaults = cast(DictConfig, OmegaConf.load(CONFIG_DIR / "config.yaml")).defaults
     return {str(k): str(v) for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items()}
 
 

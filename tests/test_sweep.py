@@ -48,7 +48,17 @@ def test_metrics_skip_cocos_minus_one_and_add_per_part_totals():
     cb.on_train_epoch_end(_Trainer(), 1, {"det": 1.0, "pull": 0.25, "push": 0.5, "guiding": 0.125, "total": 1.875})
     assert rec.logged[0]["train_matching"] == 0.75 and rec.logged[0]["train_adaption"] == 0.125
     cb.on_evaluate(_Trainer(), 1, {"bbox_AP": 0.5, "bbox_APS": -1.0})
-    assert rec.logged[1] == {"bbox_AP": 0.5}  # -1 means "no small objects", not a value
+    assert rec.logged[1] == {"bbox_AP": 0.5, "AP/bbox": 0.5}  # -1 means "no small objects", not a value
+
+
+def test_the_headline_figures_are_logged_again_as_chart_sections():
+    rec = _Recorder()
+    figures = {"bbox_AP": 0.5, "bbox_AP50": 0.7, "crowd_bbox_AP": 0.25, "oracle_bbox_AP": 0.75,
+               "crowd_bbox_mispair_rate": 0.125, "crowd_bbox_mispair_fp_rate": 0.5, "bbox_dAP_mispair": 0}  # fmt: skip
+    LogMetrics(rec).on_evaluate(_Trainer(), 4, figures)
+    assert rec.logged[0] == figures | {
+        "AP/bbox": 0.5, "AP/crowd_bbox": 0.25, "AP/oracle_bbox": 0.75, "mispair_rate/crowd_bbox": 0.125
+    }  # fmt: skip
 
 
 @pytest.mark.slow
