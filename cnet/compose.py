@@ -332,16 +332,20 @@ class SweepSummary(Callback):
 
 
 def sweep_summary(sweep_dir: Path) -> str:
-    """The summary text of the jobs under ``sweep_dir`` (one line each, then the counts)."""
+    """The summary text of the jobs under ``sweep_dir`` (one line each, then the counts), and the link
+    to the runs table of their experiment(s)."""
     rows: list[str] = []
     counts: dict[str, int] = {}
+    links: dict[str, None] = {}
     for status_file in sorted(sweep_dir.glob("*/job_status.json"), key=lambda p: p.parent.name.zfill(8)):
         st = json.loads(status_file.read_text())
         counts[st["status"]] = counts.get(st["status"], 0) + 1
         line = f"  job {status_file.parent.name}: {st['status']:<8} run {st.get('run_id') or '-'}"
         rows.append(line + (f"  {st['error']}" if st.get("error") else ""))
+        if st.get("runs_table"):
+            links[st["runs_table"]] = None
     total = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no job reported"
-    return "\n".join([f"sweep {sweep_dir}: {total}", *rows])
+    return "\n".join([f"sweep {sweep_dir}: {total}", *rows, *(f"runs table: {url}" for url in links)])
 
 
 class PeakMemory(Callback):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnet import provenance
+from cnet import provenance, runs_view
 from cnet.data.coco import CocoDetection
 from cnet.distributed import broadcast_object, destroy, init_distributed, is_main
 from cnet.eval_artifacts import EvaluationArtifacts
@@ -70,12 +70,21 @@ def run_job(spec: JobSpec, build_run: Callable[[], Run]) -> float:
         destroy()
 
 
-def write_job_status(out_dir: Path, status: str, run_id: str | None = None, error: BaseException | None = None) -> None:
-    """``job_status.json`` in the job folder (atomic), read by the sweep summary."""
+def write_job_status(
+    out_dir: Path,
+    status: str,
+    run_id: str | None = None,
+    error: BaseException | None = None,
+    runs_table: str | None = None,
+) -> None:
+    """``job_status.json`` in the job folder (atomic), read by the sweep summary; ``runs_table``: the
+    link to the experiment's runs table (:mod:`cnet.runs_view`), when known."""
     if not is_main():
         return
     line = (str(error).strip().splitlines() or [""])[0] if error is not None else ""
     body = {"status": status, "run_id": run_id, "error": f"{type(error).__name__}: {line}" if error else None}
+    if runs_table:
+        body["runs_table"] = runs_table
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / ".job_status.json.tmp"
     tmp.write_text(json.dumps(body))
@@ -132,7 +141,7 @@ def already_finished(spec: JobSpec, run: Run) -> bool:
     if not (done and run_status(spec.tracking_uri, str(run.resume_run_id)) == "FINISHED"):
         return False
     log.info("already finished: MLflow run %s (%s); skipped", run.resume_run_id, spec.out_dir)
-    write_job_status(spec.out_dir, "SKIPPED", run.resume_run_id)
+    write_job_status(spec.out_dir, "SKIPPED", run.resume_run_id, runs_table=publish_view(spec))
     return True
 
 
@@ -162,9 +171,20 @@ def track_and_fit(spec: JobSpec, run: Run, origin: dict[str, str]) -> float:
         for results in sorted([*out_dir.glob("results_*.json"), *out_dir.glob("mispairs_*.json")]):
             tracker.log_artifact(str(results))
         tracker.log_artifacts(str(out_dir / ".hydra"), "hydra")
-    write_job_status(out_dir, "FINISHED", tracker.run_id)
-    log.info("MLflow run %s in %s", tracker.run_id, spec.tracking_uri)
+    url = publish_view(spec)
+    write_job_status(out_dir, "FINISHED", tracker.run_id, runs_table=url)
+    log.info("MLflow run %s in %s%s", tracker.run_id, spec.tracking_uri, f"; runs table: {url}" if url else "")
     return float(metrics.get("bbox_AP", 0.0))
+
+
+def publish_view(spec: JobSpec) -> str | None:
+    """The ablation view on the run's experiment and the link to it; None (with a warning) when the
+    store refuses it: the run itself is complete."""
+    try:
+        return runs_view.publish(spec.tracking_uri, spec.experiment)
+    except Exception as err:
+        log.warning("could not store the runs table's view on experiment %s: %s", spec.experiment, err)
+        return None
 
 
 def dataset_name(data: str, dataset: CocoDetection) -> str:

@@ -19,6 +19,8 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
+from mlflow.tracking import MlflowClient
+
 from cnet.tracking import _retry_locked, open_store
 
 VIEW_KEY = "cnet-ablations"  # the share key; the tag is mlflow.sharedViewState.<VIEW_KEY>
@@ -72,5 +74,21 @@ def publish(tracking_uri: str, experiment: str) -> str | None:
     exp = _retry_locked(client.get_experiment_by_name, experiment)
     if exp is None:
         return None
-    _retry_locked(client.set_experiment_tag, exp.experiment_id, VIEW_TAG, json.dumps(view_state()))
+    _store_view(client, exp.experiment_id)
     return runs_table_url(ui_base(tracking_uri), exp.experiment_id)
+
+
+def publish_all(tracking_uri: str, base: str) -> list[tuple[str, str]]:
+    """The ablation view on every active experiment of the store that has runs (MLflow's empty
+    ``Default`` is left alone): ``(experiment name, link)`` pairs, links to the UI at ``base``."""
+    client = open_store(tracking_uri)
+    links = []
+    for exp in _retry_locked(client.search_experiments):
+        if _retry_locked(client.search_runs, [exp.experiment_id], max_results=1):
+            _store_view(client, exp.experiment_id)
+            links.append((exp.name, runs_table_url(base, exp.experiment_id)))
+    return links
+
+
+def _store_view(client: MlflowClient, experiment_id: str) -> None:
+    _retry_locked(client.set_experiment_tag, experiment_id, VIEW_TAG, json.dumps(view_state()))

@@ -14,14 +14,18 @@ from tests.test_train_cli import FAST, run_train
 
 
 def test_sweep_summary_counts_and_names_each_job(tmp_path):
-    for job, body in {"0": {"status": "FINISHED", "run_id": "a"}, "1": {"status": "FAILED", "run_id": None,
-                      "error": "ValueError: bad"}, "10": {"status": "SKIPPED", "run_id": "c"}}.items():  # fmt: skip
+    url = "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=cnet-ablations"
+    jobs = {"0": {"status": "FINISHED", "run_id": "a", "runs_table": url},
+            "1": {"status": "FAILED", "run_id": None, "error": "ValueError: bad"},
+            "10": {"status": "SKIPPED", "run_id": "c", "runs_table": url}}  # fmt: skip
+    for job, body in jobs.items():
         (tmp_path / job).mkdir()
         (tmp_path / job / "job_status.json").write_text(json.dumps(body))
     lines = sweep_summary(tmp_path).splitlines()
     assert lines[0] == f"sweep {tmp_path}: 1 failed, 1 finished, 1 skipped"
-    assert [ln.split()[1] for ln in lines[1:]] == ["0:", "1:", "10:"]  # numeric job order
+    assert [ln.split()[1] for ln in lines[1:4]] == ["0:", "1:", "10:"]  # numeric job order
     assert lines[2].endswith("ValueError: bad") and "run c" in lines[3]
+    assert lines[4:] == [f"runs table: {url}"]  # once per experiment
 
 
 class _Recorder:
