@@ -43,16 +43,17 @@ class EvaluationArtifacts(Callback):
     """After every evaluation (rank 0): the picture and the error summary, written to
     ``out_dir/eval/epoch_<NNNN>/`` and logged to ``tracker`` (see the module docstring).
 
-    ``val_sets``: the run's evaluation splits by figure prefix (``bbox``, ``crowd_bbox``); the
-    per-detection categories are the ``mispairs_<variant><split>.json`` the evaluation just wrote.
+    The splits are the trainer's latest (``trainer.eval_sets``: ``bbox``, ``crowd_bbox``, ..., the
+    subsets of an evaluation between epochs); the per-detection categories are the
+    ``mispairs_<variant><split>.json`` the evaluation just wrote.
     """
 
-    def __init__(
-        self, tracker: ArtifactTracker, val_sets: dict[str, CocoDetection], out_dir: Path, num_images: int = NUM_IMAGES
-    ) -> None:
-        self.tracker, self.val_sets, self.out_dir, self.num_images = tracker, val_sets, out_dir, num_images
+    def __init__(self, tracker: ArtifactTracker, out_dir: Path, num_images: int = NUM_IMAGES) -> None:
+        self.tracker, self.out_dir, self.num_images = tracker, out_dir, num_images
+        self.val_sets: dict[str, CocoDetection] = {}
 
     def on_evaluate(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        self.val_sets = dict(trainer.eval_sets)
         folder = f"eval/epoch_{epoch:04d}"
         picture = self.picture(epoch)
         if picture is not None:

@@ -161,7 +161,7 @@ def track_and_fit(spec: JobSpec, run: Run, origin: dict[str, str]) -> float:
             for val_set in run.val_sets.values():
                 tracker.log_dataset(dataset_name(spec.data, val_set), Path(val_set.ann_file), "eval")
         try:
-            metrics = run.fit(tracker, [EvaluationArtifacts(tracker, run.val_sets, out_dir)])
+            metrics = run.fit(tracker, [EvaluationArtifacts(tracker, out_dir)])
         finally:  # a failed run keeps its log too
             if (out_dir / "train.log").is_file():  # Hydra's job log (hydra.job.name = train)
                 tracker.log_artifact(out_dir / "train.log")

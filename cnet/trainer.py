@@ -30,7 +30,7 @@ from tqdm import tqdm
 from cnet import distributed
 from cnet.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cnet.criterion import Criterion
-from cnet.data.sampler import GlobalBatchSampler
+from cnet.data.sampler import GlobalBatchSampler, ShardSampler
 from cnet.evaluator import evaluate
 from cnet.predictor import Predictor
 from cnet.schedule import ScheduleConfig
@@ -52,6 +52,8 @@ class TrainerConfig:
     batch_size: images per process and micro-batch; global_batch: images per optimizer step over
     all processes (None: batch_size x processes; larger: gradient accumulation); num_workers:
     loader processes; eval_every: evaluate every n epochs besides the end (0: only at the end);
+    eval_subset: those evaluations between epochs score the first n images of each val split (0:
+    all; the end always scores all), to keep their cost small beside training;
     progress: progress bar (rank 0); precision: fp32 | bf16 | fp16 autocast around the model
     (losses and targets stay fp32); channels_last, compile: memory format and torch.compile;
     sync_bn: SyncBatchNorm across processes (default: per-GPU statistics, as the paper);
@@ -62,6 +64,7 @@ class TrainerConfig:
     global_batch: int | None = None
     num_workers: int = 0
     eval_every: int = 0
+    eval_subset: int = 0
     progress: bool = True
     precision: str = "fp32"
     channels_last: bool = False
@@ -176,6 +179,7 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}
         self.mlflow_run_id: str | None = None
         self.metrics: dict[str, float] = {}
+        self.eval_sets: dict[str, Any] = {}  # the datasets of the latest evaluation, by loader name
         self.amp_dtype = PRECISIONS[config.precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         self.train_model = self._wrap(model)
@@ -331,9 +335,12 @@ class Trainer:
             if callable(previous):  # submitit: requeue this job, then exit
                 previous(signal.SIGUSR2, None)
 
-    def evaluate(self) -> dict[str, float]:
-        """COCO figures of the current weights on every val loader (no training needed)."""
-        self.metrics = evaluate(self.predictor, self.val_loaders, self.device, self.out_dir, f"epoch {self.epoch}")
+    def evaluate(self, loaders: dict[str, DataLoader] | None = None) -> dict[str, float]:
+        """COCO figures of the current weights on every val loader (``loaders``: others, e.g. their
+        subsets), no training needed; :attr:`eval_sets` are then the datasets scored."""
+        loaders = self.val_loaders if loaders is None else loaders
+        self.eval_sets = {k: loader.dataset for k, loader in loaders.items()}
+        self.metrics = evaluate(self.predictor, loaders, self.device, self.out_dir, f"epoch {self.epoch}")
         if self.env.is_main:
             for cb in self.callbacks:
                 cb.on_evaluate(self, self.epoch, self.metrics)
@@ -342,12 +349,23 @@ class Trainer:
     def _evaluate_between_epochs(self) -> None:
         """An evaluation during training that leaves the training as it was: the global RNG states
         are restored afterwards (every eval loader draws its base seed from torch's), so the weights,
-        the data order and the final checkpoint do not depend on ``eval_every``."""
+        the data order and the final checkpoint do not depend on ``eval_every``. With ``eval_subset``
+        it scores the first images of each split only (:meth:`CocoDetection.first`)."""
         state = rng_state()
         try:
-            self.evaluate()
+            self.evaluate(self._subset_loaders() if self.config.eval_subset else None)
         finally:
             set_rng_state(state)
+
+    def _subset_loaders(self) -> dict[str, DataLoader]:
+        """The val loaders over the first ``eval_subset`` images of their splits (this rank's shard)."""
+        loaders = {}
+        for name, loader in self.val_loaders.items():
+            subset = cast(Any, loader.dataset).first(self.config.eval_subset)
+            sampler = ShardSampler(len(subset), self.env.world_size, self.env.rank)
+            loaders[name] = DataLoader(subset, batch_size=1, sampler=sampler, num_workers=loader.num_workers,
+                                       collate_fn=loader.collate_fn)  # fmt: skip
+        return loaders
 
     @property
     def accum_steps(self) -> int:

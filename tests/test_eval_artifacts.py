@@ -33,7 +33,8 @@ class _Predictor:
 
 
 class _Trainer:
-    predictor = _Predictor()
+    def __init__(self, eval_sets: dict[str, CocoDetection]) -> None:
+        self.predictor, self.eval_sets = _Predictor(), eval_sets
 
 
 def _split(root: Path, name: str) -> CocoDetection:
@@ -56,8 +57,8 @@ def test_each_evaluation_draws_the_same_first_images_and_summarises_the_categori
     for tag, recs in records.items():
         (tmp_path / f"mispairs_{tag}.json").write_text(json.dumps(recs))
     tracker = _Tracker()
-    callback = EvaluationArtifacts(tracker, val_sets, tmp_path, num_images=3)
-    callback.on_evaluate(_Trainer(), 4, {"bbox_AP": 0.5, "crowd_bbox_AP": 0.0})
+    callback = EvaluationArtifacts(tracker, tmp_path, num_images=3)
+    callback.on_evaluate(_Trainer(val_sets), 4, {"bbox_AP": 0.5, "crowd_bbox_AP": 0.0})
 
     folder = tmp_path / "eval" / "epoch_0004"
     assert {p.name for p, _ in tracker.artifacts} == {"detections.png", "mispair_summary.md", "mispair_summary.csv"}

@@ -227,3 +227,26 @@ def test_resumed_trainer_continues_weights_optimizer_schedule_and_counters(tmp_p
     assert resumed.optimizer.param_groups[0]["lr"] == first.optimizer.param_groups[0]["lr"] == 0.03
     for k, v in first.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+class _EvalSizes(Callback):
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def on_evaluate(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        self.seen.append((epoch, len(trainer.eval_sets["bbox"])))
+
+
+@pytest.mark.slow
+def test_evaluations_between_epochs_leave_the_final_checkpoint_and_results_bit_identical(data, tmp_path):
+    plain = make_run(data, tmp_path / "plain", epochs=3, adaption="none")
+    plain.fit()
+    sizes = _EvalSizes()
+    evaluated = make_run(data, tmp_path / "every", epochs=3, adaption="none", eval_every=1, eval_subset=2)
+    evaluated.fit(callbacks=[sizes])
+    assert sizes.seen == [(1, 2), (2, 2), (3, 4)]  # subsets between epochs, the whole split at the end
+    # the same bytes: weights, optimizer, schedule, RNG states (each eval loader drew from torch's) and figures
+    checkpoint = Path("checkpoints") / "last.pt"
+    assert (tmp_path / "plain" / checkpoint).read_bytes() == (tmp_path / "every" / checkpoint).read_bytes()
+    for name in ("results_bbox.json", "mispairs_bbox.json"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "every" / name).read_bytes(), name
