@@ -30,8 +30,8 @@ from tqdm import tqdm
 from cnet import distributed
 from cnet.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cnet.criterion import Criterion
-from cnet.data.sampler import GlobalBatchSampler, ShardSampler
-from cnet.evaluator import evaluate
+from cnet.data.sampler import GlobalBatchSampler
+from cnet.evaluator import evaluate, first_images
 from cnet.predictor import Predictor
 from cnet.schedule import ScheduleConfig
 from cnet.types import GroundTruth
@@ -52,8 +52,7 @@ class TrainerConfig:
     batch_size: images per process and micro-batch; global_batch: images per optimizer step over
     all processes (None: batch_size x processes; larger: gradient accumulation); num_workers:
     loader processes; eval_every: evaluate every n epochs besides the end (0: only at the end);
-    eval_subset: those evaluations between epochs score the first n images of each val split (0:
-    all; the end always scores all), to keep their cost small beside training;
+    eval_subset: those score the first n images of each val split (0: all; the end always all);
     progress: progress bar (rank 0); precision: fp32 | bf16 | fp16 autocast around the model
     (losses and targets stay fp32); channels_last, compile: memory format and torch.compile;
     sync_bn: SyncBatchNorm across processes (default: per-GPU statistics, as the paper);
@@ -336,8 +335,7 @@ class Trainer:
                 previous(signal.SIGUSR2, None)
 
     def evaluate(self, loaders: dict[str, DataLoader] | None = None) -> dict[str, float]:
-        """COCO figures of the current weights on every val loader (``loaders``: others, e.g. their
-        subsets), no training needed; :attr:`eval_sets` are then the datasets scored."""
+        """COCO figures of the current weights on every val loader (or ``loaders``); ``eval_sets``: their datasets."""
         loaders = self.val_loaders if loaders is None else loaders
         self.eval_sets = {k: loader.dataset for k, loader in loaders.items()}
         self.metrics = evaluate(self.predictor, loaders, self.device, self.out_dir, f"epoch {self.epoch}")
@@ -347,25 +345,14 @@ class Trainer:
         return self.metrics
 
     def _evaluate_between_epochs(self) -> None:
-        """An evaluation during training that leaves the training as it was: the global RNG states
-        are restored afterwards (every eval loader draws its base seed from torch's), so the weights,
-        the data order and the final checkpoint do not depend on ``eval_every``. With ``eval_subset``
-        it scores the first images of each split only (:meth:`CocoDetection.first`)."""
-        state = rng_state()
+        """An evaluation (of the first ``eval_subset`` images) that leaves training as it was: the RNG
+        states are put back (each eval loader draws a seed from torch's), so the final checkpoint
+        does not depend on ``eval_every``."""
+        state, n = rng_state(), self.config.eval_subset
         try:
-            self.evaluate(self._subset_loaders() if self.config.eval_subset else None)
+            self.evaluate(first_images(self.val_loaders, n) if n else None)
         finally:
             set_rng_state(state)
-
-    def _subset_loaders(self) -> dict[str, DataLoader]:
-        """The val loaders over the first ``eval_subset`` images of their splits (this rank's shard)."""
-        loaders = {}
-        for name, loader in self.val_loaders.items():
-            subset = cast(Any, loader.dataset).first(self.config.eval_subset)
-            sampler = ShardSampler(len(subset), self.env.world_size, self.env.rank)
-            loaders[name] = DataLoader(subset, batch_size=1, sampler=sampler, num_workers=loader.num_workers,
-                                       collate_fn=loader.collate_fn)  # fmt: skip
-        return loaders
 
     @property
     def accum_steps(self) -> int:

@@ -81,9 +81,12 @@ def test_relaunched_sweep_skips_finished_jobs_and_reports_the_failed_one(tmp_pat
     assert run.info.status == "FINISHED"  # skipping did not reopen it
     assert run.data.tags["dataset"] == "synthetic" and run.info.run_name.startswith("centripetal-none-tiny-synthetic")
     assert " batch_size=4" in run.info.run_name and " num_train=16" in run.info.run_name
+    assert "progress" not in run.info.run_name  # display-only
     assert len(run.data.tags.get("mlflow.source.git.commit", "")) >= 40
     assert "Box AP" in run.data.tags["mlflow.note.content"]
-    (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.name == "synthetic" and len(dataset_input.dataset.digest) == 12
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}  # split and size (FAST's counts)
+    assert sorted(inputs) == ["synthetic/train 16 images", "synthetic/val 4 images", "synthetic/val_crowd 2 images"]
+    assert all(len(d.dataset.digest) == 12 for d in inputs.values())
     root = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "results_bbox.json", "results_crowd_bbox.json", "hydra"} <= root
+    assert {"config.yaml", "results_bbox.json", "results_crowd_bbox.json", "hydra", "train.log", "eval"} <= root
+    assert f"runs table: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?" in again.stdout
