@@ -34,9 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no runs in {uri} yet: train one (python train.py), then open the link it prints", flush=True)
     if args.no_serve:
         return 0
-    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    command = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    os.execv(mlflow, command)  # the UI takes over this process (Ctrl-C stops it)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host]
+    os.execv(sys.executable, [*command, "--port", str(args.port)])  # the UI takes over this process (Ctrl-C stops it)
     return 0  # not reached
 
 
