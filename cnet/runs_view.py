@@ -27,10 +27,13 @@ VIEW_KEY = "cnet-ablations"  # the share key; the tag is mlflow.sharedViewState.
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 DEFAULT_UI = "http://127.0.0.1:5000"  # `make ui` (mlflow ui's default port)
 
-# the runs table's columns, in order: the headline figures, the mispair rates, then what differs
-METRICS = ("bbox_AP", "crowd_bbox_AP", "oracle_bbox_AP", "bbox_mispair_rate", "crowd_bbox_mispair_rate")
-TAGS = ("matching", "adaption", "backbone", "schedule_epochs")
+# the runs table's columns (MLflow groups them: metrics, then tags, then attributes such as Dataset):
+# box AP, look-alike-crowd AP, matching-only AP, the crowd's mispair rate, then what the ablation varies.
+# Few and narrow, so that they fit beside the run name in one screen (backbone, epochs: in the name)
+METRICS = ("bbox_AP", "crowd_bbox_AP", "oracle_bbox_AP", "crowd_bbox_mispair_rate")
+TAGS = ("matching", "adaption")
 ATTRIBUTES = ("Dataset",)
+DATASET_WIDTH = 260  # "synthetic/train 400 images" and its digest
 
 
 def column(kind: str, name: str) -> str:
@@ -42,8 +45,8 @@ def view_state() -> dict[str, Any]:
     """The page state of the ablation view: columns, their widths (wide enough for the header), order."""
     columns = [column("metrics", m) for m in METRICS] + [column("tags", t) for t in TAGS]
     columns += [column("attributes", a) for a in ATTRIBUTES]
-    widths = {c: max(120, 9 * len(c.split("`")[1]) + 40) for c in columns}
-    widths[column("attributes", "Run Name")] = 420  # the name carries the overrides
+    widths = {c: max(100, 7 * len(c.split("`")[1]) + 44) for c in columns}  # the header in full (13 px font)
+    widths[column("attributes", "Dataset")] = DATASET_WIDTH
     return {
         "orderByKey": "attributes.start_time",
         "orderByAsc": False,
