@@ -64,8 +64,9 @@ bench: $(STAMP)
 gpu-check: $(STAMP)
 	$(PY) -m cnet.tools.gpu_check $(ARGS)
 
+# the MLflow UI; it first prints, per experiment, the link to its runs table with the ablation columns
 ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --port 5000
+	$(PY) -m cnet.tools.ui --backend-store-uri $(MLFLOW_URI) --port 5000
 
 clean:
 	rm -rf $(VENV) outputs multirun mlflow.db mlartifacts

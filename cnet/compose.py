@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from hydra.errors import HydraException, InstantiationException
@@ -44,7 +45,10 @@ PART_GROUPS = ("matching", "adaption", "mask_head")
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """``conf/config.yaml`` with command-line style ``overrides`` (as ``train.py`` would see it)."""
+    """``conf/config.yaml`` with command-line style ``overrides`` (as ``train.py`` would see it);
+    inside a running Hydra app (``train.py``'s job) through that app's own config search path."""
+    if GlobalHydra.instance().is_initialized():
+        return compose("config", overrides=list(overrides))
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
@@ -140,7 +144,10 @@ def build_job(
     choices = {k: str(v) for k, v in choices.items() if not k.startswith("hydra") and v}
     root = select(cfg, "data.root")  # the dataset's name: data.name, else its folder's, else the option
     data = str(select(cfg, "data.name") or (Path(str(root)).name if root else choices.get("data", "data")))
-    params = flatten_params(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    # Hydra's own keys (``_target_``, ``_partial_``) say how a node is built, not what was trained
+    # (the group's tag names the option): out of params, or they lead MLflow's compare view
+    params = {k: v for k, v in flatten_params(resolved).items() if k.rsplit(".", 1)[-1] not in HYDRA_KEYS}
     params.pop("tracking.sweep_id")  # a time stamp of the launch: a tag, and may differ on resume
     params.pop("tracking.flush_timeout_min")  # how to wait for the store, not what was trained
     return JobSpec(
@@ -155,8 +162,67 @@ def build_job(
         data=data,
         choices=choices,
         overrides=list(overrides),
+        name_overrides=name_overrides(cfg, overrides),
         params=params,
+        config_yaml=OmegaConf.to_yaml(resolved),
     )
+
+
+# Hydra's instantiation keys, left out of the tracked params
+HYDRA_KEYS = ("_target_", "_partial_")
+# overrides that change how a job is shown, stored or tracked, not what it trains: out of run names
+DISPLAY_ONLY = ("hydra", "tracking", "trainer.progress", "trainer.checkpoint_every_min", "data.root")
+# groups already in a run name's head (``centripetal-none-tiny-synthetic``)
+NAMED_GROUPS = ("matching", "adaption", "backbone", "data")
+
+
+def name_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
+    """The command line's overrides that change the defaults, as ``leaf=value`` with the value as
+    YAML writes it (``progress=false``, ``milestones=[1]``): what tells a job's run apart.
+
+    A ``group=option`` counts when the option is not the group's default (``schedule=demo`` does not);
+    a ``key=value`` when ``cfg``'s value differs from the one the same group options give without it
+    (``trainer=gpu trainer.batch_size=6`` shows neither the batch size nor, if default, the trainer).
+    Display-only keys (:data:`DISPLAY_ONLY`) and the groups of the name's head are left out.
+    """
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    default_choices = _default_choices()
+    groups = [o for o in parsed if "." not in o.key_or_group and (CONFIG_DIR / o.key_or_group).is_dir()]
+    base = compose_config([str(o.input_line) for o in groups])
+    shown: list[str] = []
+    for ov in parsed:
+        key = ov.key_or_group
+        if key.startswith(DISPLAY_ONLY) or key in NAMED_GROUPS or ov.is_delete():
+            continue
+        if ov in groups:
+            if default_choices.get(key) != str(ov.value()):
+                shown.append(f"{key}={ov.value()}")
+            continue
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is _MISSING or value == OmegaConf.select(base, key, default=_MISSING):
+            continue
+        plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        shown.append(f"{key.rsplit('.', 1)[-1]}={yaml_value(plain)}")
+    return shown
+
+
+def _default_choices() -> dict[str, str]:
+    """``conf/config.yaml``'s defaults list: group -> option."""
+    defaults = cast(DictConfig, OmegaConf.load(CONFIG_DIR / "config.yaml")).defaults
+    return {str(k): str(v) for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items()}
+
+
+def yaml_value(value: Any) -> str:
+    """``value`` spelled as in a YAML file, on one line: ``false``, ``null``, ``[8, 9]``, ``0.1``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def build_evaluation(
@@ -266,16 +332,20 @@ class SweepSummary(Callback):
 
 
 def sweep_summary(sweep_dir: Path) -> str:
-    """The summary text of the jobs under ``sweep_dir`` (one line each, then the counts)."""
+    """The summary text of the jobs under ``sweep_dir`` (one line each, then the counts), and the link
+    to the runs table of their experiment(s)."""
     rows: list[str] = []
     counts: dict[str, int] = {}
+    links: dict[str, None] = {}
     for status_file in sorted(sweep_dir.glob("*/job_status.json"), key=lambda p: p.parent.name.zfill(8)):
         st = json.loads(status_file.read_text())
         counts[st["status"]] = counts.get(st["status"], 0) + 1
         line = f"  job {status_file.parent.name}: {st['status']:<8} run {st.get('run_id') or '-'}"
         rows.append(line + (f"  {st['error']}" if st.get("error") else ""))
+        if st.get("runs_table"):
+            links[st["runs_table"]] = None
     total = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no job reported"
-    return "\n".join([f"sweep {sweep_dir}: {total}", *rows])
+    return "\n".join([f"sweep {sweep_dir}: {total}", *rows, *(f"runs table: {url}" for url in links)])
 
 
 class PeakMemory(Callback):

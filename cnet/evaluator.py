@@ -10,12 +10,13 @@ the detections written as COCO results files and scored with the COCO metrics of
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader
 
 from cnet import distributed
+from cnet.data.sampler import ShardSampler
 from cnet.evaluation.coco_eval import detections_to_coco, evaluate_coco, format_table, write_results
 from cnet.evaluation.mispair import classify_results, mispair_figures
 from cnet.predictor import Predictor
@@ -99,6 +100,19 @@ def ci_text(figures: dict[str, float]) -> str:
     """A line with the AP's bootstrap interval when the figures have one (``AP_ci_low`` / ``AP_ci_high``)."""
     low, high = figures.get("AP_ci_low", -1.0), figures.get("AP_ci_high", -1.0)
     return f"\nAP 95% interval [{low:.3f}, {high:.3f}] (image bootstrap)" if low != -1 and high != -1 else ""
+
+
+def first_images(loaders: dict[str, DataLoader], n: int) -> dict[str, DataLoader]:
+    """``loaders`` over the first ``n`` images of their splits (``CocoDetection.first``: the ground
+    truth of those images only), each rank its shard, as the loaders themselves shard."""
+    env = distributed.current()
+    subsets = {}
+    for name, loader in loaders.items():
+        subset = cast(Any, loader.dataset).first(n)
+        sampler = ShardSampler(len(subset), env.world_size, env.rank)
+        subsets[name] = DataLoader(subset, batch_size=1, sampler=sampler, num_workers=loader.num_workers,
+                                   collate_fn=loader.collate_fn)  # fmt: skip
+    return subsets
 
 
 def segm_tag(tag: str) -> str:

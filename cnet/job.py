@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnet import provenance
+from cnet import provenance, runs_view
+from cnet.data.coco import CocoDetection
 from cnet.distributed import broadcast_object, destroy, init_distributed, is_main
+from cnet.eval_artifacts import EvaluationArtifacts
 from cnet.run import PAPER_GLOBAL_BATCH, Run, resolve_device
 from cnet.tracking import Tracker, run_status
 
@@ -28,8 +30,10 @@ class JobSpec:
     """What a job needs to know besides its :class:`Run`.
 
     ``choices``: the Hydra group options (``matching`` -> ``centripetal``, ...), ``overrides``: the
-    command line's overrides as typed, ``data``: the dataset's name, ``params``: the resolved config
-    flattened to MLflow params (dotted keys), ``tracking_uri``: resolved (env, config, project file).
+    command line's overrides as typed, ``name_overrides``: those that change the defaults, as
+    ``leaf=value`` (the run name's tail), ``data``: the dataset's name, ``params``: the resolved config
+    flattened to MLflow params (dotted keys), ``config_yaml``: the resolved config (no ``${...}``),
+    ``tracking_uri``: resolved (env, config, project file).
     """
 
     out_dir: Path
@@ -43,7 +47,9 @@ class JobSpec:
     data: str
     choices: dict[str, str] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
+    name_overrides: list[str] = field(default_factory=list)
     params: dict[str, str] = field(default_factory=dict)
+    config_yaml: str = ""
 
 
 def run_job(spec: JobSpec, build_run: Callable[[], Run]) -> float:
@@ -64,12 +70,21 @@ def run_job(spec: JobSpec, build_run: Callable[[], Run]) -> float:
         destroy()
 
 
-def write_job_status(out_dir: Path, status: str, run_id: str | None = None, error: BaseException | None = None) -> None:
-    """``job_status.json`` in the job folder (atomic), read by the sweep summary."""
+def write_job_status(
+    out_dir: Path,
+    status: str,
+    run_id: str | None = None,
+    error: BaseException | None = None,
+    runs_table: str | None = None,
+) -> None:
+    """``job_status.json`` in the job folder (atomic), read by the sweep summary; ``runs_table``: the
+    link to the experiment's runs table (:mod:`cnet.runs_view`), when known."""
     if not is_main():
         return
     line = (str(error).strip().splitlines() or [""])[0] if error is not None else ""
     body = {"status": status, "run_id": run_id, "error": f"{type(error).__name__}: {line}" if error else None}
+    if runs_table:
+        body["runs_table"] = runs_table
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / ".job_status.json.tmp"
     tmp.write_text(json.dumps(body))
@@ -92,12 +107,10 @@ def describe(spec: JobSpec, batch: dict[str, Any], metrics: dict[str, float]) ->
 
 
 def run_name(spec: JobSpec) -> str:
-    """The name that tells runs apart: the parts, the dataset and whatever differs from the defaults."""
+    """The name that tells runs apart: the parts, the dataset and whatever differs from the defaults
+    (``centripetal-none-tiny-synthetic epochs=2 milestones=[1]``)."""
     name = "-".join(spec.choices[k] for k in ("matching", "adaption", "backbone") if k in spec.choices)
-    name += f"-{spec.data}"
-    shown = [o for o in spec.overrides if not o.split("=")[0].lstrip("+~").startswith(("hydra", "data.root"))]
-    rest = [o for o in shown if o.split("=")[0] not in ("matching", "adaption", "backbone", "data")]
-    return name + "".join(f" {o.split('=')[0].rsplit('.', 1)[-1]}={o.split('=', 1)[-1]}" for o in rest)  # leaf=value
+    return f"{name}-{spec.data}" + "".join(f" {o}" for o in spec.name_overrides)
 
 
 def run_tags(spec: JobSpec, run: Run, origin: dict[str, str]) -> dict[str, str]:
@@ -128,7 +141,7 @@ def already_finished(spec: JobSpec, run: Run) -> bool:
     if not (done and run_status(spec.tracking_uri, str(run.resume_run_id)) == "FINISHED"):
         return False
     log.info("already finished: MLflow run %s (%s); skipped", run.resume_run_id, spec.out_dir)
-    write_job_status(spec.out_dir, "SKIPPED", run.resume_run_id)
+    write_job_status(spec.out_dir, "SKIPPED", run.resume_run_id, runs_table=publish_view(spec))
     return True
 
 
@@ -144,14 +157,42 @@ def track_and_fit(spec: JobSpec, run: Run, origin: dict[str, str]) -> float:
         tracker.log_params({"model.num_parameters": str(run.num_parameters)})
         tracker.log_params({f"batch.{k}": str(v) for k, v in run.batch.items()})
         if run.resume is None:
-            tracker.log_dataset(spec.data, run.train_annotations, "train")
-        metrics = run.fit(tracker)
+            tracker.log_dataset(dataset_name(spec.data, run.train_set), run.train_annotations, "train")
+            for val_set in run.val_sets.values():
+                tracker.log_dataset(dataset_name(spec.data, val_set), Path(val_set.ann_file), "eval")
+        try:
+            metrics = run.fit(tracker, [EvaluationArtifacts(tracker, out_dir)])
+        finally:  # a failed run keeps its log too
+            if (out_dir / "train.log").is_file():  # Hydra's job log (hydra.job.name = train)
+                tracker.log_artifact(out_dir / "train.log")
         tracker.set_tags({"mlflow.note.content": describe(spec, run.batch, metrics)})
         # at the artifact root (what MLflow's compare view lines up): config, results and error categories
-        tracker.log_artifact(str(out_dir / ".hydra" / "config.yaml"))
+        tracker.log_text(spec.config_yaml, "config.yaml", out_dir)  # resolved: no ${...} left
         for results in sorted([*out_dir.glob("results_*.json"), *out_dir.glob("mispairs_*.json")]):
             tracker.log_artifact(str(results))
         tracker.log_artifacts(str(out_dir / ".hydra"), "hydra")
-    write_job_status(out_dir, "FINISHED", tracker.run_id)
-    log.info("MLflow run %s in %s", tracker.run_id, spec.tracking_uri)
+    url = publish_view(spec)
+    write_job_status(out_dir, "FINISHED", tracker.run_id, runs_table=url)
+    log.info("MLflow run %s in %s%s", tracker.run_id, spec.tracking_uri, f"; runs table: {url}" if url else "")
     return float(metrics.get("bbox_AP", 0.0))
+
+
+def publish_view(spec: JobSpec) -> str | None:
+    """The ablation view on the run's experiment and the link to it; None (with a warning) when the
+    store refuses it: the run itself is complete."""
+    try:
+        return runs_view.publish(spec.tracking_uri, spec.experiment)
+    except Exception as err:
+        log.warning("could not store the runs table's view on experiment %s: %s", spec.experiment, err)
+        return None
+
+
+def dataset_name(data: str, dataset: CocoDetection) -> str:
+    """The runs table's name of a split: dataset, split and size (``synthetic/train 400 images``,
+    ``coco/val2017 5000 images``); the split is the annotation file's (``instances_<split>.json``),
+    or its folder's for a generic name (coco_tiny's ``val2017/annotations.json``)."""
+    ann_file = Path(dataset.ann_file)
+    split = ann_file.stem.removeprefix("instances_")
+    if split in ("annotations", "instances"):
+        split = ann_file.parent.name
+    return f"{data}/{split} {len(dataset)} images"

@@ -60,8 +60,9 @@ def flatten_params(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten a nested config into MLflow params with dotted keys.
 
     ``{"model": {"backbone": {"num_stacks": 2}}, "lr": [1, 2]}`` becomes
-    ``{"model.backbone.num_stacks": "2", "lr.0": "1", "lr.1": "2"}``. Values are ``str()``'d and
-    cut to MLflow's 6000-character limit; empty dicts/lists are kept as ``"{}"``/``"[]"``.
+    ``{"model.backbone.num_stacks": "2", "lr.0": "1", "lr.1": "2"}``. Values are spelled as in YAML
+    (``true``, ``null``; others ``str()``'d) and cut to MLflow's 6000-character limit; empty
+    dicts/lists are kept as ``"{}"``/``"[]"``.
     """
     flat: dict[str, str] = {}
     for key, value in cfg.items():
@@ -71,7 +72,8 @@ def flatten_params(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         elif isinstance(value, (list, tuple)) and value:
             flat.update(flatten_params({str(i): v for i, v in enumerate(value)}, name))
         else:
-            flat[name] = str(value)[:MAX_PARAM_VALUE_LENGTH]
+            text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+            flat[name] = text[:MAX_PARAM_VALUE_LENGTH]
     return flat
 
 
@@ -323,6 +325,11 @@ class Tracker:
         (``provenance/packages.txt``). The file stays: the call may be sent after the store is back."""
         path = write_text_atomic(Path(local_dir) / artifact_file, text)
         self.log_artifact(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
+
+    def log_image(self, image: Any, key: str, step: int) -> None:
+        """A picture (PIL image) under ``key`` at ``step``: MLflow's logged images, which the run's
+        metrics tab shows with a slider over the steps (stored under ``images/`` in the artifacts)."""
+        self._outbox.put(self._client.log_image, self._run_id, image, key=key, step=int(step), synchronous=True)
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         """Copy a local folder's contents into the run's artifacts (under ``artifact_path``)."""

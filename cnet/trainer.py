@@ -31,7 +31,7 @@ from cnet import distributed
 from cnet.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cnet.criterion import Criterion
 from cnet.data.sampler import GlobalBatchSampler
-from cnet.evaluator import evaluate
+from cnet.evaluator import evaluate, first_images
 from cnet.predictor import Predictor
 from cnet.schedule import ScheduleConfig
 from cnet.types import GroundTruth
@@ -52,6 +52,7 @@ class TrainerConfig:
     batch_size: images per process and micro-batch; global_batch: images per optimizer step over
     all processes (None: batch_size x processes; larger: gradient accumulation); num_workers:
     loader processes; eval_every: evaluate every n epochs besides the end (0: only at the end);
+    eval_subset: those score the first n images of each val split (0: all; the end always all);
     progress: progress bar (rank 0); precision: fp32 | bf16 | fp16 autocast around the model
     (losses and targets stay fp32); channels_last, compile: memory format and torch.compile;
     sync_bn: SyncBatchNorm across processes (default: per-GPU statistics, as the paper);
@@ -62,6 +63,7 @@ class TrainerConfig:
     global_batch: int | None = None
     num_workers: int = 0
     eval_every: int = 0
+    eval_subset: int = 0
     progress: bool = True
     precision: str = "fp32"
     channels_last: bool = False
@@ -176,6 +178,7 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}
         self.mlflow_run_id: str | None = None
         self.metrics: dict[str, float] = {}
+        self.eval_sets: dict[str, Any] = {}  # the datasets of the latest evaluation, by loader name
         self.amp_dtype = PRECISIONS[config.precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         self.train_model = self._wrap(model)
@@ -331,13 +334,25 @@ class Trainer:
             if callable(previous):  # submitit: requeue this job, then exit
                 previous(signal.SIGUSR2, None)
 
-    def evaluate(self) -> dict[str, float]:
-        """COCO figures of the current weights on every val loader (no training needed)."""
-        self.metrics = evaluate(self.predictor, self.val_loaders, self.device, self.out_dir, f"epoch {self.epoch}")
+    def evaluate(self, loaders: dict[str, DataLoader] | None = None) -> dict[str, float]:
+        """COCO figures of the current weights on every val loader (or ``loaders``); ``eval_sets``: their datasets."""
+        loaders = self.val_loaders if loaders is None else loaders
+        self.eval_sets = {k: loader.dataset for k, loader in loaders.items()}
+        self.metrics = evaluate(self.predictor, loaders, self.device, self.out_dir, f"epoch {self.epoch}")
         if self.env.is_main:
             for cb in self.callbacks:
                 cb.on_evaluate(self, self.epoch, self.metrics)
         return self.metrics
+
+    def _evaluate_between_epochs(self) -> None:
+        """An evaluation (of the first ``eval_subset`` images) that leaves training as it was: the RNG
+        states are put back (each eval loader draws a seed from torch's), so the final checkpoint
+        does not depend on ``eval_every``."""
+        state, n = rng_state(), self.config.eval_subset
+        try:
+            self.evaluate(first_images(self.val_loaders, n) if n else None)
+        finally:
+            set_rng_state(state)
 
     @property
     def accum_steps(self) -> int:
@@ -371,7 +386,7 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_train_epoch_end(self, self.epoch, logs)
             if self.config.eval_every and self.epoch % self.config.eval_every == 0 and self.epoch < self.epochs:
-                self.evaluate()
+                self._evaluate_between_epochs()
             self.save()
             if self.env.is_main:
                 for cb in self.callbacks:

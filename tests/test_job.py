@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from cnet.compose import build_job, compose_config
-from cnet.job import JobSpec, describe, run_name, write_job_status
+from cnet.compose import build_job, compose_config, name_overrides
+from cnet.data.coco import CocoDetection
+from cnet.job import JobSpec, dataset_name, describe, run_name, write_job_status
+from tests.conftest import COCO_TINY
 
 CHOICES = {"matching": "ae1d", "adaption": "dcn", "backbone": "tiny", "data": "synthetic", "hydra/launcher": "basic"}
 
@@ -32,14 +33,35 @@ def test_the_dataset_is_named_by_its_folder_when_it_has_a_root(tmp_path):
     assert job.data == "my_coco"
 
 
-def test_run_name_has_the_parts_the_dataset_and_the_other_overrides_by_leaf(tmp_path):
-    overrides = ["matching=ae1d", "schedule.epochs=3", "hydra.sweep.dir=/x", "data.root=/d", "+trainer.foo=1"]
-    name = run_name(_with(tmp_path, overrides))
-    assert name == "ae1d-dcn-tiny-synthetic epochs=3 foo=1"
+def test_run_name_has_the_parts_the_dataset_and_the_overrides_that_change_the_defaults(tmp_path):
+    overrides = ["matching=ae1d", "schedule=demo", "schedule.epochs=3", "schedule.milestones=[2]",
+                 "trainer.batch_size=16", "test.flip=False", "trainer.progress=False", "+trainer.foo=1"]  # fmt: skip
+    name = run_name(spec(tmp_path, overrides))
+    # schedule=demo and batch 16 are the defaults, the progress bar only shows; values as YAML spells them
+    assert name == "ae1d-dcn-tiny-synthetic epochs=3 milestones=[2] flip=false foo=1"
 
 
-def _with(tmp_path: Path, overrides: list[str]) -> JobSpec:
-    return replace(spec(tmp_path, []), overrides=overrides)
+def test_a_key_counts_against_its_group_options_defaults_and_hydra_keys_never_count():
+    cfg = compose_config(["trainer=gpu", "trainer.batch_size=6", "trainer.eval_every=5"])
+    overrides = ["trainer=gpu", "trainer.batch_size=6", "trainer.eval_every=5", "hydra.sweep.dir=/x", "data.root=/d"]
+    # trainer=gpu's batch is 6 already; its eval_every is 10
+    assert name_overrides(cfg, overrides) == ["trainer=gpu", "eval_every=5"]
+    cfg = compose_config(["+experiment=table4"])
+    assert name_overrides(cfg, ["+experiment=table4"]) == ["experiment=table4"]
+
+
+def test_params_leave_out_hydras_keys_and_spell_values_as_yaml_and_the_config_is_resolved(tmp_path):
+    job = spec(tmp_path, ["test.flip=false"])
+    assert not [k for k in job.params if k.endswith(("._target_", "._partial_"))]
+    assert job.params["test.flip"] == "false" and job.params["trainer.global_batch"] == "null"
+    assert "matching.mu_small" in job.params
+    assert "${" not in job.config_yaml and "cache_dir: " in job.config_yaml
+    assert compose_config().data.source.cache_dir in job.config_yaml  # what ${oc.env:...} gave
+
+
+def test_a_dataset_is_named_with_its_split_and_size():
+    ds = CocoDetection(COCO_TINY / "val2017" / "images", COCO_TINY / "val2017" / "annotations.json", lambda *a: a)
+    assert dataset_name("coco_tiny", ds) == f"coco_tiny/val2017 {len(ds)} images"
 
 
 def test_describe_gives_the_parts_and_the_headline_figures(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from cnet.tools.report_render import ours_text, table_frame, to_latex, to_markdown
 from cnet.tools.report_tables import (
@@ -332,8 +333,11 @@ def test_table4_from_real_runs_in_sqlite(store):
     tmp, uri = store
     runs = logged_runs(uri)
     assert set(runs["tags.data"]) == {"synthetic"} and set(runs["tags.backbone"]) == {"tiny"}  # CLI won
-    frame = report_csv("table4", uri, tmp / "reports")
+    frame = report_csv("table4", uri, tmp / "reports", "--log-to-runs")
     check_table4_cells(frame, runs)
+    logged = {f"report/table4.{ext}" for ext in ("md", "csv", "tex", "png")} | {"report/table4_mispairs.png"}
+    for run_id in frame.run_ids.dropna():  # each run of the table carries it
+        assert {a.path for a in MlflowClient(uri).list_artifacts(run_id, "report")} == logged
     md = (tmp / "reports" / "table4.md").read_text()
     assert "ours on SYNTHETIC data, tiny backbone, 1-epoch schedule: not a COCO reproduction" in md
     # the picture: one crowd image per row that has a run (two here), from the runs' own files

@@ -14,14 +14,18 @@ from tests.test_train_cli import FAST, run_train
 
 
 def test_sweep_summary_counts_and_names_each_job(tmp_path):
-    for job, body in {"0": {"status": "FINISHED", "run_id": "a"}, "1": {"status": "FAILED", "run_id": None,
-                      "error": "ValueError: bad"}, "10": {"status": "SKIPPED", "run_id": "c"}}.items():  # fmt: skip
+    url = "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=cnet-ablations"
+    jobs = {"0": {"status": "FINISHED", "run_id": "a", "runs_table": url},
+            "1": {"status": "FAILED", "run_id": None, "error": "ValueError: bad"},
+            "10": {"status": "SKIPPED", "run_id": "c", "runs_table": url}}  # fmt: skip
+    for job, body in jobs.items():
         (tmp_path / job).mkdir()
         (tmp_path / job / "job_status.json").write_text(json.dumps(body))
     lines = sweep_summary(tmp_path).splitlines()
     assert lines[0] == f"sweep {tmp_path}: 1 failed, 1 finished, 1 skipped"
-    assert [ln.split()[1] for ln in lines[1:]] == ["0:", "1:", "10:"]  # numeric job order
+    assert [ln.split()[1] for ln in lines[1:4]] == ["0:", "1:", "10:"]  # numeric job order
     assert lines[2].endswith("ValueError: bad") and "run c" in lines[3]
+    assert lines[4:] == [f"runs table: {url}"]  # once per experiment
 
 
 class _Recorder:
@@ -48,7 +52,17 @@ def test_metrics_skip_cocos_minus_one_and_add_per_part_totals():
     cb.on_train_epoch_end(_Trainer(), 1, {"det": 1.0, "pull": 0.25, "push": 0.5, "guiding": 0.125, "total": 1.875})
     assert rec.logged[0]["train_matching"] == 0.75 and rec.logged[0]["train_adaption"] == 0.125
     cb.on_evaluate(_Trainer(), 1, {"bbox_AP": 0.5, "bbox_APS": -1.0})
-    assert rec.logged[1] == {"bbox_AP": 0.5}  # -1 means "no small objects", not a value
+    assert rec.logged[1] == {"bbox_AP": 0.5, "AP/bbox": 0.5}  # -1 means "no small objects", not a value
+
+
+def test_the_headline_figures_are_logged_again_as_chart_sections():
+    rec = _Recorder()
+    figures = {"bbox_AP": 0.5, "bbox_AP50": 0.7, "crowd_bbox_AP": 0.25, "oracle_bbox_AP": 0.75,
+               "crowd_bbox_mispair_rate": 0.125, "crowd_bbox_mispair_fp_rate": 0.5, "bbox_dAP_mispair": 0}  # fmt: skip
+    LogMetrics(rec).on_evaluate(_Trainer(), 4, figures)
+    assert rec.logged[0] == figures | {
+        "AP/bbox": 0.5, "AP/crowd_bbox": 0.25, "AP/oracle_bbox": 0.75, "mispair_rate/crowd_bbox": 0.125
+    }  # fmt: skip
 
 
 @pytest.mark.slow
@@ -67,9 +81,12 @@ def test_relaunched_sweep_skips_finished_jobs_and_reports_the_failed_one(tmp_pat
     assert run.info.status == "FINISHED"  # skipping did not reopen it
     assert run.data.tags["dataset"] == "synthetic" and run.info.run_name.startswith("centripetal-none-tiny-synthetic")
     assert " batch_size=4" in run.info.run_name and " num_train=16" in run.info.run_name
+    assert "progress" not in run.info.run_name  # display-only
     assert len(run.data.tags.get("mlflow.source.git.commit", "")) >= 40
     assert "Box AP" in run.data.tags["mlflow.note.content"]
-    (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.name == "synthetic" and len(dataset_input.dataset.digest) == 12
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}  # split and size (FAST's counts)
+    assert sorted(inputs) == ["synthetic/train 16 images", "synthetic/val 4 images", "synthetic/val_crowd 2 images"]
+    assert all(len(d.dataset.digest) == 12 for d in inputs.values())
     root = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "results_bbox.json", "results_crowd_bbox.json", "hydra"} <= root
+    assert {"config.yaml", "results_bbox.json", "results_crowd_bbox.json", "hydra", "train.log", "eval"} <= root
+    assert f"runs table: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?" in again.stdout

@@ -220,14 +220,14 @@ def test_flatten_params():
         "model.backbone.num_stacks": "2",
         "model.backbone.dims.0": "256",
         "model.backbone.dims.1": "384",
-        "model.head": "None",
+        "model.head": "null",  # as YAML spells it, like the run names
         "optim.lr": "0.00025",
         "optim.betas.0": "0.9",
         "optim.betas.1": "0.999",
         "empty": "{}",
         "none_list": "[]",
         "long": "x" * MAX_PARAM_VALUE_LENGTH,
-        "flag": "True",
+        "flag": "true",
     }
     assert flatten_params({"a": {"b": 1}}, prefix="cfg") == {"cfg.a.b": "1"}
 

@@ -318,3 +318,26 @@ def test_an_accumulated_clipped_step_is_the_step_on_the_global_batch_mean_gradie
     before = [p.detach().clone() for p in model.parameters()]
     one_step(model, GlobalBatchSampler(4, batch_size=2, accum_steps=2), threshold, tmp_path)
     assert_step(before, model, expected)
+
+
+class _EvalSizes(Callback):
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def on_evaluate(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        self.seen.append((epoch, len(trainer.eval_sets["bbox"])))
+
+
+@pytest.mark.slow
+def test_evaluations_between_epochs_leave_the_final_checkpoint_and_results_bit_identical(data, tmp_path):
+    plain = make_run(data, tmp_path / "plain", epochs=3, adaption="none")
+    plain.fit()
+    sizes = _EvalSizes()
+    evaluated = make_run(data, tmp_path / "every", epochs=3, adaption="none", eval_every=1, eval_subset=2)
+    evaluated.fit(callbacks=[sizes])
+    assert sizes.seen == [(1, 2), (2, 2), (3, 4)]  # subsets between epochs, the whole split at the end
+    # the same bytes: weights, optimizer, schedule, RNG states (each eval loader drew from torch's) and figures
+    checkpoint = Path("checkpoints") / "last.pt"
+    assert (tmp_path / "plain" / checkpoint).read_bytes() == (tmp_path / "every" / checkpoint).read_bytes()
+    for name in ("results_bbox.json", "mispairs_bbox.json"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "every" / name).read_bytes(), name

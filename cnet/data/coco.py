@@ -24,6 +24,7 @@ carried through the transform like the boxes (only a mask head needs them).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import io
 from collections.abc import Callable
@@ -114,6 +115,26 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ids: list[int] = [i for i, (b, _) in self._targets.items() if len(b) or not filter_empty]
         if check_images:  # now, not in the first batch: a missing file stops the run before it writes
             check_image_files([self.coco.imgs[i] for i in self.ids], self.img_dir, self.ann_file)
+
+    def first(self, n: int) -> CocoDetection:
+        """The split's first ``n`` images (dataset order) as a split of its own, whose COCO ground
+        truth holds only them (COCOeval then scores the subset); the whole split when ``n`` is 0 or
+        at least its size. Evaluations between epochs use it (``trainer.eval_subset``)."""
+        if n <= 0 or n >= len(self.ids):
+            return self
+        sub = copy.copy(self)  # shares the decoded targets; only ids and the ground truth differ
+        sub.ids = self.ids[:n]
+        keep = set(sub.ids)
+        full = self.coco.dataset
+        sub.coco = COCO()
+        sub.coco.dataset = {
+            **full,
+            "images": [im for im in full["images"] if im["id"] in keep],
+            "annotations": [a for a in full["annotations"] if a["image_id"] in keep],
+        }
+        with contextlib.redirect_stdout(io.StringIO()):
+            sub.coco.createIndex()
+        return sub
 
     def _load_targets(self, img_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(boxes [N, 4] float32 xyxy, labels [N] int64) of the non-crowd, non-degenerate annotations

@@ -47,6 +47,7 @@ SCORE_THRESHOLD = 0.3
 MATCH_IOU = 0.5
 LOC_MIN_IOU = 0.1
 MIN_OVERLAP = 0.3
+RESULT_KEYS = ("image_id", "category_id", "bbox", "score")  # a record's COCO result fields
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def classify_results(coco_gt: COCO, results: Sequence[dict[str, Any]]) -> list[d
         for n, k in enumerate(idx):
             tl, br = errors.tl_gt[n], errors.br_gt[n]
             records[k] = {
-                **{key: results[k][key] for key in ("image_id", "category_id", "bbox", "score")},
+                **{key: results[k][key] for key in RESULT_KEYS},
                 "error": errors.categories[n],
                 "tl_gt_id": anns[tl]["id"] if tl >= 0 else None,
                 "br_gt_id": anns[br]["id"] if br >= 0 else None,
@@ -204,3 +205,27 @@ def mispair_figures(
         "mispair_fp_rate": n_mis / len(shown_fp) if shown_fp else 0.0,
         "dAP_mispair": float(d_ap),
     }
+
+
+def category_summary(
+    coco_gt: COCO, records: Sequence[dict[str, Any]], ap: float, score_threshold: float = SCORE_THRESHOLD
+) -> list[dict[str, Any]]:
+    """One row per category of ``CATEGORIES``: ``category``, ``shown`` (detections scoring >=
+    ``score_threshold``), ``all`` (any score) and ``dAP``: COCO AP with that category's detections
+    removed minus ``ap`` (the split's AP with all; TIDE's "fix this error"), None for ``tp`` (removing
+    true positives fixes nothing) and exactly 0.0 for a category without detections.
+
+    ``records``: :func:`classify_results`'s (each carries its result's fields, so COCOeval reads them).
+    """
+    rows = []
+    for category in CATEGORIES:
+        ours = [r for r in records if r["error"] == category]
+        d_ap: float | None = 0.0
+        if category == "tp":
+            d_ap = None
+        elif ours:
+            kept = [{k: r[k] for k in RESULT_KEYS} for r in records if r["error"] != category]
+            d_ap = evaluate_coco(coco_gt, kept)["AP"] - ap
+        shown = sum(r["score"] >= score_threshold for r in ours)
+        rows.append({"category": category, "shown": shown, "all": len(ours), "dAP": d_ap})
+    return rows

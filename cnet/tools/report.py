@@ -1,7 +1,10 @@
 """Rebuild the paper's Tables 4-6 from MLflow runs, beside the paper's numbers.
 
 ``python -m cnet.tools.report table4|table5|table6 [--tracking-uri URI] [--format md|csv|tex]
-[--experiment NAME] [--sweep-id ID] [--out-dir reports] [--ci [--resamples 1000]]``
+[--experiment NAME] [--sweep-id ID] [--out-dir reports] [--ci [--resamples 1000]] [--log-to-runs]``
+
+``--log-to-runs`` also logs the written files into every run the table used (artifacts ``report/``):
+each run of a sweep then shows the table it is part of, beside the paper's numbers.
 
 Runs come from ``mlflow.search_runs`` (every experiment unless ``--experiment``) as one pandas
 DataFrame; the rows (``experiments/<table>.yaml``) and the rule that picks each cell's runs live
@@ -111,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         "bootstrap of the runs' results files) and say which of the paper's orderings hold",
     )
     parser.add_argument("--resamples", type=int, default=1000, help="image resamples of --ci (default 1000)")
+    parser.add_argument(
+        "--log-to-runs", action="store_true", help="also log the files into each run the table used (report/)"
+    )
     args = parser.parse_args(argv)
     if args.resamples < 1:
         parser.error(f"--resamples {args.resamples}: give at least 1")
@@ -139,7 +145,21 @@ def main(argv: list[str] | None = None) -> int:
         figure = write_mispair_figure(rows, spec.mispair_figure, args.out_dir / f"{spec.key}_mispairs.png", uri)
         written += [figure] if figure else []
     print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
+    if args.log_to_runs:
+        run_ids = sorted({used.run_id for cell in table.cells for used in cell.used})
+        log_into_runs(uri, run_ids, written)
+        print(f"logged them into {len(run_ids)} runs (artifacts report/)", file=sys.stderr)
     return 0
+
+
+def log_into_runs(tracking_uri: str, run_ids: list[str], files: list[Path]) -> None:
+    """Each of ``files`` into each run's artifacts under ``report/`` (a finished run takes artifacts too)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for run_id in run_ids:
+        for path in files:
+            client.log_artifact(run_id, str(path), "report")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,17 @@ def test_category_mapping_is_sorted_and_round_trips(root: Path) -> None:
     assert ds.ann_file == root / "ann.json" and len(ds.coco.getImgIds()) == 3
 
 
+def test_the_first_images_are_a_split_of_their_own(root: Path) -> None:
+    ds = CocoDetection(root / "imgs", root / "ann.json", identity)
+    sub = ds.first(2)
+    assert sub.ids == ds.ids[:2] and len(sub) == 2 and ds.first(0) is ds and ds.first(9) is ds
+    assert sorted(sub.coco.getImgIds()) == sorted(ds.ids[:2])  # COCOeval scores these only
+    assert {a["image_id"] for a in sub.coco.dataset["annotations"]} <= set(ds.ids[:2])
+    assert len(sub.coco.getAnnIds()) == sum(len(ds.coco.getAnnIds(imgIds=[i])) for i in ds.ids[:2])
+    assert len(ds.coco.getImgIds()) == 3 and len(ds) == 3  # the split itself is unchanged
+    assert [sub[k][1].boxes.tolist() for k in range(2)] == [ds[k][1].boxes.tolist() for k in range(2)]
+
+
 def test_targets_drop_crowd_and_degenerate_and_convert_to_xyxy(root: Path) -> None:
     ds = CocoDetection(root / "imgs", root / "ann.json", identity)
     assert ds.num_crowd == 2 and ds.num_degenerate == 1

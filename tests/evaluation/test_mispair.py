@@ -11,7 +11,7 @@ import torch
 from pycocotools.coco import COCO
 
 from cnet.evaluation import evaluate_coco
-from cnet.evaluation.mispair import CATEGORIES, classify_image, classify_results, mispair_figures
+from cnet.evaluation.mispair import CATEGORIES, category_summary, classify_image, classify_results, mispair_figures
 from cnet.evaluator import evaluate
 from cnet.targets import gaussian_radius
 from cnet.types import Detections
@@ -213,3 +213,24 @@ def test_evaluate_adds_mispair_figures_and_file_and_keeps_coco_figures(tmp_path)
     records = json.loads((tmp_path / "mispairs_bbox.json").read_text())
     assert [r["error"] for r in records] == ["mispair", "tp", "tp"]
     assert (tmp_path / "mispairs_oracle_bbox.json").exists()
+
+
+def test_category_summary_counts_each_category_and_its_dap_is_the_ap_it_costs():
+    coco = make_gt()
+    results = [
+        result([100.0, 100.0, 140.0, 140.0], 0.95),  # background, above both true positives
+        result(GT_A, 0.9),
+        result(GT_B, 0.8),
+        result(PRED_BA, 0.2),  # a mispair under the display threshold
+    ]
+    records = classify_results(coco, results)
+    # with all: precision 1/2 at recall 1/2, 2/3 at recall 1 -> every recall point reads 2/3
+    ap = evaluate_coco(coco, results[:3])["AP"]
+    assert ap == pytest.approx(2 / 3, abs=1e-3)
+    rows = {r["category"]: r for r in category_summary(coco, records[:3], ap)}
+    assert list(rows) == list(CATEGORIES)
+    assert rows["background"] == {"category": "background", "shown": 1, "all": 1, "dAP": pytest.approx(1 / 3, abs=1e-3)}
+    assert rows["tp"]["dAP"] is None and rows["tp"]["all"] == 2
+    assert rows["duplicate"] == {"category": "duplicate", "shown": 0, "all": 0, "dAP": 0.0}
+    rows = {r["category"]: r for r in category_summary(coco, records, evaluate_coco(coco, results)["AP"])}
+    assert (rows["mispair"]["shown"], rows["mispair"]["all"]) == (0, 1)  # counted, not shown
