@@ -48,6 +48,8 @@ LAYERS: list[tuple[str, int]] = [
     ("cnet.trainer", 5),
     ("cnet.tracking", 5),
     ("cnet.run", 6),
+    ("cnet.eval_artifacts", 6),  # per-evaluation picture and error summary (a trainer callback)
+    ("cnet.runs_view", 6),  # the MLflow runs table's ablation view and its link
     ("cnet.job", 6),  # one job around its Run: DDP set-up, tracking, job status
     ("cnet.compose", 7),
     ("cnet.tools", 8),
