@@ -54,8 +54,9 @@ class HistoryBuffer:
 
 
 def _numpy_globals() -> list[Any]:
-    """numpy's array and scalar reconstructors and dtypes, under numpy 1.x and 2.x module names
-    (a pickle names the module of the numpy that wrote it)."""
+    """numpy's array and scalar reconstructors under numpy 1.x and 2.x module names (a pickle names
+    the module of the numpy that wrote it), and its dtypes (a dtype's state is set on an instance of
+    its class, e.g. ``numpy.dtypes.Float64DType``)."""
     core = np._core if hasattr(np, "_core") else np.core  # numpy 2 moved numpy.core to numpy._core
     entries: list[Any] = [np.ndarray, np.dtype]
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -63,8 +64,7 @@ def _numpy_globals() -> list[Any]:
         entries.append((core.multiarray._reconstruct, f"{module}._reconstruct"))
     for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                  "float16", "float32", "float64", "str_", "bytes_"):  # fmt: skip
-        dtype_cls = type(np.dtype(getattr(np, name)))
-        entries.append((dtype_cls, f"numpy.dtypes.{dtype_cls.__name__}"))
+        entries.append(type(np.dtype(name)))
     return entries
 
 
@@ -72,7 +72,8 @@ def _numpy_globals() -> list[Any]:
 # list, dict, OrderedDict: allowed by torch's weights-only reader anyway)
 ALLOWED_GLOBALS: list[Any] = [*_numpy_globals(), (HistoryBuffer, "mmengine.logging.history_buffer.HistoryBuffer")]
 
-_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+# how torch's weights-only reader names what it refused: a global, a class to build, a function to call
+_REFUSED = re.compile(r"GLOBAL (\S+)|got <class '([^']+)'>|unrecognized function (\S+)")
 
 
 def load_weights_file(path: Path) -> Any:
@@ -89,16 +90,21 @@ def load_weights_file(path: Path) -> Any:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = _GLOBAL.search(str(err))
-        what = found[1] if found else (str(err).strip().splitlines() or ["?"])[-1].strip()
+        found = _REFUSED.search(str(err))
+        if found is None:  # not a refusal: no pickle at all ("invalid load key"), a damaged one
+            raise ValueError(f"cannot read {path} as a torch weights file ({_first_line(err)})") from None
+        what = next(g for g in found.groups() if g)
         raise UnsafeFileError(
             f"{path} was refused: reading it needs {what}, which could run code (cnet reads tensors and the "
             "plain objects of mmdetection's checkpoints only); if you trust the file, re-save its tensors "
             "alone: torch.save({'state_dict': ckpt['state_dict']}, 'weights.pth')"
         ) from None
     except Exception as err:  # a truncated file, a zip that is no torch file, ...
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise ValueError(f"cannot read {path} as a torch weights file ({type(err).__name__}: {first})") from err
+        raise ValueError(f"cannot read {path} as a torch weights file ({_first_line(err)})") from err
+
+
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
 
 
 def mmdet_state_dict(raw: Any) -> dict[str, Tensor] | None:
