@@ -14,12 +14,13 @@ from torch import nn
 
 from cnet.compose import build_detector, build_init, build_model, class_layer_keys, compose_config
 from cnet.data import SyntheticData, TestTransform, TrainTransform
-from cnet.errors import InitError
+from cnet.errors import InitError, UnsafeFileError
 from cnet.init_from import InitFrom, checkpoint_file, init_weights, module_of, read_source
 from cnet.mmdet_weights import cnet_to_mmdet_key
 from cnet.run import Run
 from cnet.schedule import ScheduleConfig
 from cnet.trainer import TrainerConfig, TrainState
+from tests.test_mmdet_weights import evil_checkpoint
 
 SHAPES = ["square", "disk", "triangle", "diamond"]  # the synthetic set's classes, in label order
 PRIOR_BIAS = -math.log(9)  # focal-loss prior 0.1: sigmoid(b) = 0.1
@@ -268,3 +269,12 @@ def test_a_restarted_job_resumes_its_own_checkpoint_not_init_from(data, tmp_path
     assert same(again.model, detector(4, seed=1))  # init_from did not touch the model ...
     again.trainer.load_state(again.resume)  # ... which Run.fit then continues from its own state
     assert same(again.model, first.model)
+
+
+def test_a_file_that_would_run_code_is_refused_before_anything_loads(tmp_path):
+    marker = tmp_path / "ran"
+    evil = evil_checkpoint(tmp_path / "evil.pth", marker)
+    target = detector(4, seed=1)
+    with pytest.raises(UnsafeFileError, match=r"evil\.pth was refused: reading it needs posix\.system"):
+        init_weights(target, init_for(evil, 4), SHAPES)
+    assert not marker.exists() and same(target, detector(4, seed=1))
