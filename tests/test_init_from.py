@@ -278,3 +278,26 @@ def test_a_file_that_would_run_code_is_refused_before_anything_loads(tmp_path):
     with pytest.raises(UnsafeFileError, match=r"evil\.pth was refused: reading it needs posix\.system"):
         init_weights(target, init_for(evil, 4), SHAPES)
     assert not marker.exists() and same(target, detector(4, seed=1))
+
+
+def test_the_released_hg104_file_starts_a_three_class_model_by_name(tmp_path):
+    """mmdetection's released layout (the 1152-tensor schema, meta CLASSES), tensors on the meta device
+    (no memory), into HG-104 for person / car / dog: every tensor fits, the 8 class layers (2 stacks x
+    tl/br x weight/bias) take COCO's rows of those three classes."""
+    from cnet.mmdet_weights import COCO_CLASSES
+    from cnet.tools.convert import MODEL_OVERRIDES
+    from tests.test_convert import SCHEMA
+
+    state = {}
+    for line in SCHEMA.read_text().splitlines():
+        key, shape, dtype = line.split("\t")
+        dims = [] if shape == "scalar" else [int(d) for d in shape.split("x")]
+        state[key] = torch.empty(dims, dtype=getattr(torch, dtype), device="meta")
+    torch.save({"meta": {"CLASSES": COCO_CLASSES, "epoch": 210}, "state_dict": state}, tmp_path / "hg104.pth")
+    with torch.device("meta"):
+        target = build_detector(config(*MODEL_OVERRIDES), 3)
+    init = init_for(tmp_path / "hg104.pth", 3, *MODEL_OVERRIDES, classes="by_name")
+    report = init_weights(target, init, ["person", "car", "dog"])
+    assert (report.total, len(report.loaded), len(report.class_layers)) == (1152, 1144, 8)
+    assert report.kind == "mmdetection checkpoint" and not (report.missing or report.unexpected or report.mismatched)
+    assert report.classes_copied == {"person": "person", "car": "car", "dog": "dog"}
