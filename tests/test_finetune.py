@@ -99,3 +99,21 @@ def test_finetuning_from_a_run_beats_random_weights_on_a_coco_subset(tmp_path):
     assert figures["bbox_AR100"][0] > figures["bbox_AR100"][1]
     assert figures["bbox_AP50"][0] > figures["bbox_AP50"][1]
     assert figures["train_total"][0] < figures["train_total"][1]  # it also fits the subset faster
+
+
+@pytest.mark.slow  # train.py's start-up, twice
+def test_a_bad_init_from_stops_with_one_line_before_tracking(tmp_path):
+    from tests.test_mmdet_weights import evil_checkpoint
+    from tests.test_train_cli import FAST, runs
+
+    res = run_train([*FAST, f"init_from={tmp_path}/nothing.pt", f"hydra.run.dir={tmp_path}/a"], tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert f"InitError: init_from={tmp_path}/nothing.pt: no such checkpoint file or run folder\n" in out
+    marker = tmp_path / "ran"
+    evil = evil_checkpoint(tmp_path / "evil.pth", marker)
+    res = run_train([*FAST, f"init_from={evil}", f"hydra.run.dir={tmp_path}/b"], tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and "Traceback" not in out and not marker.exists(), out[-3000:]
+    assert f"UnsafeFileError: {evil} was refused: reading it needs posix.system" in out
+    assert runs(tmp_path) == [] and not (tmp_path / "b" / "checkpoints").exists()
