@@ -79,7 +79,7 @@ def test_finetuning_from_a_run_beats_random_weights_on_a_coco_subset(tmp_path):
     )
     assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-3000:]
     # the load report, printed: all but the class layers loaded (the synthetic shapes name no COCO class)
-    assert "100.0% of the model's 282 tensors fit: 278 loaded, 4 class layers (0 of 1 classes copied" in tuned.stderr
+    assert "100.0% of the model's 282 tensors fit: 278 loaded, 4 class layers (0 of 1 classes copied" in tuned.stdout
     scratch = run_train([*finetune_args(root), f"hydra.run.dir={tmp_path}/scratch"], tmp_path, timeout=3000)
     assert scratch.returncode == 0, scratch.stdout[-3000:] + scratch.stderr[-3000:]
 
