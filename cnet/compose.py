@@ -30,12 +30,13 @@ from cnet.data.coco import CocoData, CocoDetection
 from cnet.data.transforms import TestTransform
 from cnet.detector import CornerDetector
 from cnet.files import write_text_atomic
+from cnet.init_from import InitFrom
 from cnet.job import JobSpec
 from cnet.model import Model, TestConfig, build_predictor, seed_everything
 from cnet.resources import CONFIG_DIR
 from cnet.run import Evaluation, Run
 from cnet.schedule import ScheduleConfig
-from cnet.tracking import flatten_params, resolve_tracking_uri
+from cnet.tracking import flatten_params, resolve_tracking_uri, yaml_value
 from cnet.trainer import TrainerConfig
 
 Config = DictConfig  # the composed configuration, for type hints outside this module
@@ -122,17 +123,20 @@ def build_run(cfg: DictConfig, out_dir: Path) -> Run:
     model's classes are theirs), the model, then the run around it (which builds the training split)."""
     data = instantiate(cfg.data.source)
     val_sets = build_val_sets(cfg, source=data)
+    num_classes = val_sets["bbox"].num_classes
+    init = build_init(cfg, num_classes)  # before the model: its probes re-seed the global RNGs
     return Run(
         data=data,
         train_transform=instantiate(cfg.data.train_transform),
         val_sets=val_sets,
-        model=build_model(cfg, val_sets["bbox"].num_classes),
+        model=build_model(cfg, num_classes),
         optimizer=instantiate(cfg.optim),
         schedule=to_dataclass(ScheduleConfig, cfg.schedule),
         trainer=to_dataclass(TrainerConfig, cfg.trainer),
         out_dir=out_dir,
         seed=cfg.seed,
         device=cfg.device,
+        init=init,
     )
 
 
@@ -212,17 +216,25 @@ def _default_choices() -> dict[str, str]:
     return {str(k): str(v) for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items()}
 
 
-def yaml_value(value: Any) -> str:
-    """``value`` spelled as in a YAML file, on one line: ``false``, ``null``, ``[8, 9]``, ``0.1``."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in value.items()) + "}"
-    return str(value)
+def build_init(cfg: DictConfig, num_classes: int) -> InitFrom | None:
+    """``init_from`` / ``init_classes`` / ``init_strict`` as an :class:`~cnet.init_from.InitFrom`
+    (None without ``init_from``; a saved config from before these keys has none)."""
+    path = select(cfg, "init_from")
+    if path is None or str(path) == "":
+        return None
+    classes, strict = str(select(cfg, "init_classes", "reset")), select(cfg, "init_strict", True)
+    if not isinstance(strict, bool):
+        raise ValueError(f"init_strict={strict}: use true or false")
+    return InitFrom(Path(str(path)).expanduser(), classes, strict, class_layer_keys(cfg, num_classes))
+
+
+def class_layer_keys(cfg: DictConfig, num_classes: int) -> frozenset[str]:
+    """The state-dict keys of ``cfg``'s model whose first dimension is the class count: the tensors whose
+    shape changes with one class more (two models built on the meta device: no memory, no weights)."""
+    with torch.device("meta"):
+        models = [build_model(cfg, n).model for n in (num_classes, num_classes + 1)]
+    shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in models]
+    return frozenset(k for k, shape in shapes[0].items() if shapes[1].get(k, shape) != shape)
 
 
 def build_evaluation(

@@ -22,6 +22,17 @@ class DataError(ValueError):
     code that already catches ValueError for bad input keeps doing so."""
 
 
+class UnsafeFileError(ValueError):
+    """A weights file that could only be read by running code it names (a pickled function or class
+    outside the allow-list of :mod:`cnet.mmdet_weights`): refused, nothing in it ran; the one-line
+    message names the file and the object."""
+
+
+class InitError(ValueError):
+    """``init_from``'s weights do not fit the configured model (or lack what ``init_classes`` needs):
+    the one-line message names the source, the share of tensors that fit and the fix."""
+
+
 # exceptions whose message alone tells the user what to fix (no traceback needed)
 USER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -31,4 +42,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ResumeError,
     TrackingStoreError,
     TrackingAuthError,
+    UnsafeFileError,
+    InitError,
 )

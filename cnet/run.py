@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -18,6 +18,7 @@ from cnet.data import CocoData, collate
 from cnet.data.coco import CocoDetection, Transform
 from cnet.data.sampler import GlobalBatchSampler, ShardSampler
 from cnet.errors import DataError
+from cnet.init_from import InitFrom, InitReport, init_weights
 from cnet.model import Model
 from cnet.schedule import ScheduleConfig, warmup_multistep
 from cnet.trainer import Callback, Trainer, TrainerConfig, TrainState
@@ -27,6 +28,15 @@ log = logging.getLogger(__name__)
 
 class MetricLogger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+@runtime_checkable
+class ReportLogger(Protocol):
+    """A tracker that also takes params and text artifacts (cnet.tracking.Tracker): ``init_from``'s report."""
+
+    def log_params(self, params: dict[str, str]) -> None: ...
+
+    def log_text(self, text: str, artifact_file: str, local_dir: str | Path) -> None: ...
 
 
 class LogMetrics(Callback):
@@ -127,6 +137,8 @@ class Run:
     orders the data (the weights were seeded when the model was built). ``resume_run_id`` is the
     MLflow run of an interrupted earlier attempt in ``out_dir`` (None for a fresh run); ``fit(tracker)``
     continues it to the end and evaluates; ``evaluate()`` scores a checkpoint without training.
+    ``init``: weights to start from (``init_from``; :mod:`cnet.init_from`), loaded here unless the job
+    resumes its own checkpoint; ``init_report`` says what was loaded (None when nothing was).
     """
 
     def __init__(
@@ -141,6 +153,7 @@ class Run:
         out_dir: Path,
         seed: int = 0,
         device: str = "auto",
+        init: InitFrom | None = None,
     ) -> None:
         self.env = distributed.current()
         self.out_dir, self.device = out_dir, resolve_device(device, self.env.local_rank)
@@ -157,10 +170,16 @@ class Run:
         self.trainer = Trainer(
             self.model, self.criterion, self.optimizer, self.scheduler, self.train_loader, self.predictor,
             self.val_loaders, trainer, schedule, out_dir, self.device, seed=seed,
+            class_names=val_sets["bbox"].class_names,
         )  # fmt: skip
         self.batch = self._batch(trainer, sampler)
         self.resume = self._resume()
         self.resume_run_id: str | None = self.resume.mlflow_run_id if self.resume else None
+        self.init_report: InitReport | None = None
+        if init is not None and self.resume is None:  # every rank loads the same weights
+            self.init_report = init_weights(self.model, init, val_sets["bbox"].class_names)
+        elif init is not None:
+            log.info("resuming the run in %s: its own checkpoint, not init_from=%s", out_dir, init.path)
         self._log_summary(len(train_set), val_sets)
 
     def _train_set(self, data: CocoData, transform: Transform, val: CocoDetection) -> CocoDetection:
@@ -236,9 +255,13 @@ class Run:
         )
 
     def fit(self, tracker: MetricLogger | None = None, callbacks: list[Callback] | None = None) -> dict[str, float]:
-        """Train to the end of the schedule (continuing an interrupted attempt) and evaluate."""
+        """Train to the end of the schedule (continuing an interrupted attempt) and evaluate; a tracker
+        that takes params also gets ``init_from``'s report (params ``init_from.*``, ``init_report.json``)."""
         if self.resume is not None:
             self.trainer.load_state(self.resume)
+        if self.init_report is not None and isinstance(tracker, ReportLogger):
+            tracker.log_params(self.init_report.params())
+            tracker.log_text(self.init_report.to_json(), "init_report.json", self.out_dir)
         self.trainer.mlflow_run_id = getattr(tracker, "run_id", None)
         self.trainer.callbacks = ([LogMetrics(tracker)] if tracker is not None else []) + list(callbacks or [])
         return self.trainer.fit()

@@ -56,6 +56,19 @@ def resolve_tracking_uri(configured: str | None, project_root: Path | None = Non
     return f"sqlite:///{Path(project_root or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
+def yaml_value(value: Any) -> str:
+    """``value`` spelled as in a YAML file, on one line: ``false``, ``null``, ``[8, 9]``, ``0.1``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def flatten_params(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten a nested config into MLflow params with dotted keys.
 
@@ -72,8 +85,7 @@ def flatten_params(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         elif isinstance(value, (list, tuple)) and value:
             flat.update(flatten_params({str(i): v for i, v in enumerate(value)}, name))
         else:
-            text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-            flat[name] = text[:MAX_PARAM_VALUE_LENGTH]
+            flat[name] = yaml_value(value)[:MAX_PARAM_VALUE_LENGTH]
     return flat
 
 

@@ -17,6 +17,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -92,7 +93,9 @@ class TrainState:
     ``epoch`` already trained (mid-epoch checkpoint; 0 at an epoch boundary); epoch_sums: the
     running loss sums of that partial epoch; model/optimizer/scheduler: state dicts; rng:
     :func:`cnet.checkpoint.rng_state` (rank 0's; ``rank_rng``: every rank's, in a group);
-    mlflow_run_id: the run to continue logging into; metrics: the latest evaluation figures.
+    mlflow_run_id: the run to continue logging into; metrics: the latest evaluation figures;
+    class_names: the model's classes in label order (the rows of its class layers), which
+    ``init_classes=by_name`` matches when another run starts from these weights.
     """
 
     epoch: int
@@ -106,6 +109,7 @@ class TrainState:
     batch_in_epoch: int = 0
     epoch_sums: dict[str, float] = field(default_factory=dict)
     rank_rng: list[dict[str, Any]] = field(default_factory=list)  # every rank's ``rng``, in rank order
+    class_names: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> TrainState:
@@ -150,6 +154,7 @@ class Trainer:
         out_dir: checkpoints (``checkpoints/last.pt``) and results files.
         callbacks: hooks, called in order (rank 0 only).
         seed: the run's seed (the data order of an epoch depends on epoch and seed only).
+        class_names: the model's classes in label order, saved with every checkpoint.
     """
 
     def __init__(
@@ -167,11 +172,13 @@ class Trainer:
         device: torch.device,
         callbacks: list[Callback] | None = None,
         seed: int = 0,
+        class_names: Sequence[str] = (),
     ) -> None:
         self.model, self.criterion, self.optimizer, self.scheduler = model, criterion, optimizer, scheduler
         self.train_loader, self.predictor, self.val_loaders = train_loader, predictor, val_loaders
         self.config, self.schedule, self.out_dir, self.device = config, schedule, out_dir, device
         self.epochs, self.seed = schedule.epochs, seed
+        self.class_names = list(class_names)
         self.callbacks = list(callbacks or [])
         self.env = distributed.current()
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
@@ -223,6 +230,7 @@ class Trainer:
             self.epoch, self.step, self.model.state_dict(), self.optimizer.state_dict(),
             self.scheduler.state_dict(), rank_rng[0], self.mlflow_run_id, dict(self.metrics),
             self.batch_in_epoch, dict(self.epoch_sums), rank_rng if self.env.distributed else [],
+            list(self.class_names),
         )  # fmt: skip
 
     def load_state(self, state: TrainState) -> None:

@@ -92,3 +92,34 @@ def test_cli_writes_a_cnet_checkpoint_and_back(tmp_path, monkeypatch):
     assert list(back) == ["bbox_head.tl_heat.0.0.conv.weight"] and torch.equal(
         back[next(iter(back))], torch.arange(2.0)
     )
+
+
+def test_cli_converts_a_schema_built_file_with_mmdetections_meta(tmp_path):
+    """The released file's layout (1152 tensors, mmcv 1.x meta with CLASSES), its tensors on the meta
+    device (no memory): read with weights_only, converted, checked, and saved with the class names."""
+    import cnet.tools.convert as convert
+    from cnet.mmdet_weights import COCO_CLASSES
+    from cnet.trainer import TrainState
+
+    state = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in schema_state().items()}
+    meta = {"mmcv_version": "1.1.5", "time": "Tue Sep 15 20:48:04 2020", "CLASSES": COCO_CLASSES, "epoch": 210}
+    torch.save({"meta": meta, "state_dict": state}, tmp_path / "hg104.pth")
+    assert convert.main(["mmdet2cnet", str(tmp_path / "hg104.pth"), str(tmp_path / "hg104.pt")]) == 0
+    out = TrainState.load(tmp_path / "hg104.pt")
+    assert len(out.model) == 1152 and out.class_names == list(COCO_CLASSES)
+    assert tuple(out.model["heads.1.tl_heat.2.bias"].shape) == (80,)
+
+
+def test_cli_refuses_a_file_that_would_run_code_and_runs_none_of_it(tmp_path):
+    from tests.test_mmdet_weights import evil_checkpoint
+
+    marker = tmp_path / "ran"
+    evil = evil_checkpoint(tmp_path / "evil.pth", marker)
+    res = subprocess.run(
+        [sys.executable, "-m", "cnet.convert", "mmdet2cnet", str(evil), str(tmp_path / "o.pt")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "evil.pth was refused" in res.stderr and ".system" in res.stderr
+    assert not marker.exists() and not (tmp_path / "o.pt").exists()

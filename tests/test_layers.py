@@ -25,6 +25,8 @@ LAYERS: list[tuple[str, int]] = [
     ("cnet.losses", 1),
     ("cnet.nms", 1),
     ("cnet.checkpoint", 1),
+    ("cnet.mmdet_weights", 1),  # mmdetection's weights files: read without code, key names
+    ("cnet.init_from", 1),  # init_from: load what fits of other weights, and say what
     ("cnet.schedule", 1),
     ("cnet.evaluation", 1),
     ("cnet.data", 1),

@@ -57,6 +57,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Attributes: ``coco`` (pycocotools COCO), ``ann_file``, ``img_dir``, ``cat_ids`` (sorted),
     ``label_to_cat_id`` (list: label -> COCO id), ``cat_id_to_label`` (dict), ``num_classes``,
+    ``class_names`` (the categories' names in label order),
     ``ids`` (image ids in dataset order), ``counts`` (:class:`cnet.data.validate.AnnotationCounts`:
     what was clipped, dropped or not used as a target), ``num_crowd`` / ``num_degenerate`` (its crowd
     and under-1-px counts),
@@ -106,6 +107,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.label_to_cat_id: list[int] = list(self.cat_ids)
         self.cat_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.cat_ids)}
         self.num_classes = len(self.cat_ids)
+        self.class_names: list[str] = [str(self.coco.cats[c].get("name", c)) for c in self.cat_ids]
         self.num_crowd = self.counts.crowd
         self.num_degenerate = self.counts.degenerate
         self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     evaluation = build_evaluation(cfg, args.ann, check_images=False)  # only the class names are used
     evaluation.load(TrainState.load(ckpt), ckpt)
     dataset = next(iter(evaluation.val_sets.values()))
-    names = [dataset.coco.cats[c]["name"] for c in dataset.label_to_cat_id]
+    names = dataset.class_names
     transform = instantiate_node(cfg.data.test_transform)
     predictor, device = evaluation.predictor, evaluation.device
     predictor.model.eval()
