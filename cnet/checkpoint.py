@@ -1,8 +1,8 @@
 """Atomic training checkpoints and the random-number-generator state they carry.
 
-A checkpoint is a plain ``dict`` saved with :func:`torch.save`. What the trainer stores is
-:class:`cnet.trainer.TrainState` as a dict (``epoch``, ``step``, ``model``, ``optimizer``,
-``scheduler``, ``rng`` from :func:`rng_state`, ``mlflow_run_id``, ``metrics``); this module does
+A checkpoint is a plain ``dict`` saved with :func:`torch.save`. What the trainer stores is a
+:class:`TrainState` as a dict (``epoch``, ``step``, ``model``, ``optimizer``, ``scheduler``, ``rng``
+from :func:`rng_state`, ``mlflow_run_id``, ``metrics``, ``class_names``, ...); the file functions do
 not enforce a schema beyond "a dict".
 
 Saving keeps the previous checkpoint beside the last (``last.prev.pt``): a truncated or corrupt
@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -167,3 +168,41 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _as_tuples(value: Any) -> Any:
     """random.setstate needs tuples where a round trip through some loaders gives lists."""
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue: the checkpoint's keys, one to one.
+
+    epoch: completed epochs; step: optimizer steps taken; batch_in_epoch: micro-batches of epoch
+    ``epoch`` already trained (mid-epoch checkpoint; 0 at an epoch boundary); epoch_sums: the
+    running loss sums of that partial epoch; model/optimizer/scheduler: state dicts; rng:
+    :func:`cnet.checkpoint.rng_state` (rank 0's; ``rank_rng``: every rank's, in a group);
+    mlflow_run_id: the run to continue logging into; metrics: the latest evaluation figures;
+    class_names: the model's classes in label order (the rows of its class layers), which
+    ``init_classes=by_name`` matches when another run starts from these weights.
+    """
+
+    epoch: int
+    step: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    mlflow_run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    batch_in_epoch: int = 0
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    rank_rng: list[dict[str, Any]] = field(default_factory=list)  # every rank's ``rng``, in rank order
+    class_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainState:
+        """The state saved at ``path`` (see :func:`cnet.checkpoint.load_checkpoint` for errors)."""
+        raw = load_checkpoint(path)
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        known.setdefault("step", 0)
+        return cls(**known)
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, asdict(self))

@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from cnet import distributed
-from cnet.checkpoint import checkpoint_exists
+from cnet.checkpoint import TrainState, checkpoint_exists
 from cnet.data import CocoData, collate
 from cnet.data.coco import CocoDetection, Transform
 from cnet.data.sampler import GlobalBatchSampler, ShardSampler
@@ -21,7 +21,7 @@ from cnet.errors import DataError
 from cnet.init_from import InitFrom, InitReport, init_weights
 from cnet.model import Model
 from cnet.schedule import ScheduleConfig, warmup_multistep
-from cnet.trainer import Callback, Trainer, TrainerConfig, TrainState
+from cnet.trainer import Callback, Trainer, TrainerConfig
 
 log = logging.getLogger(__name__)
 

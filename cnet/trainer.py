@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cnet import distributed
-from cnet.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cnet.checkpoint import TrainState, rng_state, set_rng_state
 from cnet.criterion import Criterion
 from cnet.data.sampler import GlobalBatchSampler
 from cnet.evaluator import evaluate, first_images
@@ -83,44 +83,6 @@ class TrainerConfig:
                 f"{self.batch_size} x {world_size} processes; change one of them"
             )
         return self.global_batch // per_step
-
-
-@dataclass
-class TrainState:
-    """Everything a run needs to continue: the checkpoint's keys, one to one.
-
-    epoch: completed epochs; step: optimizer steps taken; batch_in_epoch: micro-batches of epoch
-    ``epoch`` already trained (mid-epoch checkpoint; 0 at an epoch boundary); epoch_sums: the
-    running loss sums of that partial epoch; model/optimizer/scheduler: state dicts; rng:
-    :func:`cnet.checkpoint.rng_state` (rank 0's; ``rank_rng``: every rank's, in a group);
-    mlflow_run_id: the run to continue logging into; metrics: the latest evaluation figures;
-    class_names: the model's classes in label order (the rows of its class layers), which
-    ``init_classes=by_name`` matches when another run starts from these weights.
-    """
-
-    epoch: int
-    step: int
-    model: dict[str, Any]
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any]
-    rng: dict[str, Any]
-    mlflow_run_id: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    batch_in_epoch: int = 0
-    epoch_sums: dict[str, float] = field(default_factory=dict)
-    rank_rng: list[dict[str, Any]] = field(default_factory=list)  # every rank's ``rng``, in rank order
-    class_names: list[str] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, path: Path) -> TrainState:
-        """The state saved at ``path`` (see :func:`cnet.checkpoint.load_checkpoint` for errors)."""
-        raw = load_checkpoint(path)
-        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
-        known.setdefault("step", 0)
-        return cls(**known)
-
-    def save(self, path: Path) -> None:
-        save_checkpoint(path, asdict(self))
 
 
 class Callback:

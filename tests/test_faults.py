@@ -15,7 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from cnet.trainer import TrainState
+from cnet.checkpoint import TrainState
 from tests.test_train_cli import FAST, ROOT
 
 # 3 epochs of 4 steps, a checkpoint after each: kills land in training, in writes and in start-up

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cnet.trainer import TrainState
+from cnet.checkpoint import TrainState
 from tests.test_train_cli import FAST, ROOT
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")

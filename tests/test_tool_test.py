@@ -13,8 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_train_cli import FAST, ROOT, run_train
 
+from cnet.checkpoint import TrainState
 from cnet.tools import evaluate as evaluate_tool
-from cnet.trainer import TrainState
 from tests.test_provenance import assert_provenance
 
 

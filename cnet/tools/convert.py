@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cnet.checkpoint import save_checkpoint
+from cnet.checkpoint import TrainState, save_checkpoint
 from cnet.compose import build_model, compose_config
 from cnet.mmdet_weights import (
     ConversionError,
@@ -39,7 +39,6 @@ from cnet.mmdet_weights import (
     mmdet_to_cnet_key,
     rename,
 )
-from cnet.trainer import TrainState
 
 PROG = "python -m cnet.convert"
 MODEL_OVERRIDES = ("backbone=hourglass104", "matching=centripetal_mmdet", "adaption=cross_star")

@@ -22,10 +22,10 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from cnet.checkpoint import TrainState
 from cnet.compose import build_evaluation, instantiate_node
 from cnet.evaluation.coco_eval import detections_to_coco, write_results
 from cnet.tools.test import ERRORS, InputError, resolve_source, source_config, write_json
-from cnet.trainer import TrainState
 from cnet.types import Detections
 
 PROG = "python -m cnet.predict"

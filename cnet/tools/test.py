@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cnet import provenance
+from cnet.checkpoint import TrainState
 from cnet.compose import (
     CONFIG_ERRORS,
     apply_overrides,
@@ -41,7 +42,6 @@ from cnet.evaluator import evaluate
 from cnet.files import write_text_atomic
 from cnet.run import Evaluation
 from cnet.tracking import Tracker, flatten_params, resolve_tracking_uri
-from cnet.trainer import TrainState
 
 PROG = "python -m cnet.test"
 

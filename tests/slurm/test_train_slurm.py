@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from cnet.trainer import TrainState
+from cnet.checkpoint import TrainState
 from tests.slurm.cluster import LocalSlurm
 from tests.test_train_cli import FAST, ROOT
 
