@@ -88,9 +88,10 @@ def test_table_with_intervals_from_the_runs_results(store):
     sentence = next(line for line in md.splitlines() if line.startswith("95% CI:"))
     assert "200 resamples of the 8 evaluation images" in sentence
     assert "reproduced: cross-star deformable conv. > RoI conv." in sentence  # paper 41.5 > 41.1, ours 50 > 0
+    assert not sentence.endswith("..")  # one full stop after a row name ending in "."
     assert "cannot tell apart: deformable conv. > no feature adaption" in sentence  # ours 100 = 100
     reversed_part = sentence.split("reversed (ours the other way at 95%): ")[1].split("; cannot")[0]
-    assert reversed_part.split("; ") == [
+    assert reversed_part.split(", ") == [
         "RoI conv. > no feature adaption",
         "cross-star deformable conv. > no feature adaption",
         "RoI conv. > deformable conv.",

@@ -136,10 +136,11 @@ def orderings(table: Table, samples: list[np.ndarray | None]) -> str:
     if not any((held, reversed_, unclear, ties)):
         return "No two rows have runs with results files: no ordering can be checked."
     parts = [
-        f"reproduced: {'; '.join(held)}" if held else "",
-        f"reversed (ours the other way at {LEVEL:.0%}): {'; '.join(reversed_)}" if reversed_ else "",
-        f"cannot tell apart: {'; '.join(unclear)}" if unclear else "",
-        f"tied in the paper: {'; '.join(ties)}" if ties else "",
+        f"reproduced: {', '.join(held)}" if held else "",
+        f"reversed (ours the other way at {LEVEL:.0%}): {', '.join(reversed_)}" if reversed_ else "",
+        f"cannot tell apart: {', '.join(unclear)}" if unclear else "",
+        f"tied in the paper: {', '.join(ties)}" if ties else "",
     ]
     said = "; ".join(p for p in parts if p)
-    return f"Of the paper's AP orderings, at {LEVEL:.0%} (paired image bootstrap), {said}."
+    # a row name may end in "." (RoI conv.): one full stop at the end
+    return f"Of the paper's AP orderings, at {LEVEL:.0%} (paired image bootstrap), {said.removesuffix('.')}."
