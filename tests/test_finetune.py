@@ -86,7 +86,7 @@ def test_finetuning_from_a_run_beats_random_weights_on_a_coco_subset(tmp_path):
     runs = {Path(r["tags.output_dir"]).name: r for r in run_records(store(tmp_path), "finetune").to_dict("records")}
     assert sorted(runs) == ["ft", "scratch"] and all(r["status"] == "FINISHED" for r in runs.values())
     ft, rand = runs["ft"], runs["scratch"]
-    assert ft["params.init_from"] == f"{tmp_path}/source" and rand["params.init_from"] == "None"
+    assert ft["params.init_from"] == f"{tmp_path}/source" and rand["params.init_from"] == "null"
     assert ft["params.init_from.loaded"] == "278" and ft["params.init_from.loaded_share"] == "1.0000"
     assert not isinstance(rand.get("params.init_from.loaded"), str)  # no report: nothing was loaded
     client = MlflowClient(tracking_uri=store(tmp_path))
