@@ -22,11 +22,12 @@ demo: $(STAMP)
 	$(PY) train.py
 	$(PY) -m cnet.tools.report table5 --experiment cnet --out-dir outputs/report
 
-# the fast suite on WORKERS processes, then the slow end-to-end tests one at a time (they start their
-# own multi-process jobs, a SLURM cluster and a tracking server)
+# the fast suite, then the slow end-to-end tests, each on WORKERS processes; the tests on the session's
+# SLURM cluster and on its PostgreSQL-backed tracking server keep to one worker each (--dist loadgroup),
+# so each service starts once
 test: lint
 	$(PY) -m pytest -q -m "not slow" -n $(WORKERS) --dist loadgroup
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n $(WORKERS) --dist loadgroup
 
 # ruff (lint + format check) and mypy over the package, tests and train.py
 lint: $(STAMP)

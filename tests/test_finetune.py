@@ -23,11 +23,11 @@ SUBSET = ("person",)  # coco_tiny's most frequent class: 40 train / 49 val image
 SIDE = 127  # images scaled to this longer side (one 127-px test pad; CPU-sized)
 # the stand-in for COCO weights: mmdetection's parts (the ones +experiment=finetune uses) on the synthetic set
 SOURCE = [
-    "matching=centripetal_mmdet", "criterion=corner_mean", "data.source.num_train=160", "data.source.num_val=16",
-    "data.source.num_val_crowd=4", "schedule.epochs=6", "schedule.milestones=[5]", "test.flip=false",
+    "matching=centripetal_mmdet", "criterion=corner_mean", "data.source.num_train=80", "data.source.num_val=8",
+    "data.source.num_val_crowd=4", "schedule.epochs=3", "schedule.milestones=[2]", "test.flip=false",
     "trainer.progress=false",
 ]  # fmt: skip
-EPOCHS = 20
+EPOCHS = 8
 
 
 def finetune_args(root: Path) -> list[str]:

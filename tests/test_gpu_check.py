@@ -183,6 +183,7 @@ def test_the_tiny_form_runs_every_section_on_two_cpu_processes(tmp_path):
     bench = sections["bench"]["result"]
     assert all(r["ms_per_image"] > 0 and math.isfinite(r["ratio"]) for r in bench["decode"])
     assert {r["adaption"] for r in bench["adaption"]} >= {"none", "cross_star"}
+    assert (bench["bootstrap"]["images"], bench["bootstrap"]["resamples"]) == (40, 20)  # CPU-sized in --tiny
     assert "cpu" not in sections["bench_train"]["result"]  # --processes without counts: no scaling section
     train_rows = sections["bench_train"]["result"]["model"]["train"]
     assert {r["precision"] for r in train_rows} == {"bf16", "fp32"} and all(r["images_per_s"] > 0 for r in train_rows)

@@ -249,12 +249,12 @@ SWEEP = [
 ]
 
 
-def tiny_sweep(tmp: Path, tracking_uri: str) -> None:
-    """Two real jobs of the Table 4 sweep, tracked at ``tracking_uri``."""
+def tiny_sweep(tmp: Path, tracking_uri: str, *extra: str) -> None:
+    """Two real jobs of the Table 4 sweep (with overrides ``extra``), tracked at ``tracking_uri``."""
     env = dict(os.environ, CNET_CACHE_DIR=str(tmp / "cache"), MLFLOW_TRACKING_URI=tracking_uri)
     env.pop("HYDRA_FULL_ERROR", None)
     res = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *SWEEP, f"hydra.sweep.dir={tmp}/sweep"],
+        [sys.executable, str(ROOT / "train.py"), *SWEEP, *extra, f"hydra.sweep.dir={tmp}/sweep"],
         cwd=tmp,
         env=env,
         capture_output=True,

@@ -79,7 +79,8 @@ def make_plan(tiny: bool, nproc: int | None, steps: int | None, mask_steps: int 
         return Plan(
             tiny=True, nproc=nproc or 2, steps=steps or 3, mask_steps=mask_steps or 2, batch=2,
             bench_args=["--repeats", "1", "--size", "12", "--channels", "8", "--adaption-batch", "1",
-                        "--deform-shapes", "1x4x6x5"],
+                        "--deform-shapes", "1x4x6x5", "--bootstrap-images", "40", "--bootstrap-resamples", "20",
+                        "--bootstrap-naive", "1"],
             bench_train_args=["--model", "--processes", "--overrides", "backbone=tiny", "adaption=none", "--size",
                               "63", "--batch", "2", "--steps", "2", "--warmup", "1", "--test-h", "63", "--test-w",
                               "127"],

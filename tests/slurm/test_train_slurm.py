@@ -75,9 +75,9 @@ def _wait_for_text(path: Path, text: str, timeout_s: float) -> None:
 
 
 def test_job_preempted_mid_epoch_is_requeued_and_resumes_into_the_same_run(slurm_cluster: LocalSlurm, tmp_path: Path):
-    # 384 images, 2 tasks x 2 images: 96 steps (seconds) per epoch, so the notice sent 1 s into
-    # epoch 1 lands mid-epoch even on an idle machine (48 images took 0.8 s and finished first)
-    args = [*FAST, "adaption=none", "trainer.batch_size=2", "data.source.num_train=384", "schedule.epochs=2",
+    # 192 images, 2 tasks x 2 images: 48 steps per epoch (about 3 s on an idle machine, where 48 images
+    # took 0.8 s and finished first), so the notice sent 0.5 s into epoch 1 lands mid-epoch
+    args = [*FAST, "adaption=none", "trainer.batch_size=2", "data.source.num_train=192", "schedule.epochs=2",
             "test.matching_only=false", "hydra.launcher.timeout_min=600"]  # fmt: skip
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen(
@@ -87,7 +87,7 @@ def test_job_preempted_mid_epoch_is_requeued_and_resumes_into_the_same_run(slurm
     log = sweep / "0" / "train.log"
     _wait_for_text(log, "epoch 0:", timeout_s=400)  # one epoch done: the handler is installed
     job_id = slurm_cluster.run(["squeue", "-h", "-o", "%i"]).split()[0]
-    time.sleep(1.0)
+    time.sleep(0.5)
     slurm_cluster.run(["scancel", "--signal=USR2", job_id])  # SLURM's pre-emption notice
     out, _ = proc.communicate(timeout=800)
     assert proc.returncode == 0, out[-4000:]
